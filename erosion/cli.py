@@ -1,0 +1,156 @@
+"""The ``erosion`` command line: builds a config per job and calls the library; printing lives here only."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from collections.abc import Sequence
+
+from erosion import ingest, storage, synth, validate
+from erosion.split import SPLITS
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``erosion`` sub-command; returns the process exit code."""
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.run(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command."""
+    top = argparse.ArgumentParser(prog="erosion", description=__doc__)
+    commands = top.add_subparsers(required=True, metavar="COMMAND")
+
+    p = commands.add_parser("synth", help="write a synthetic registry with ratings and ground truth")
+    p.add_argument("--patients", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="folder or s3:// URL for registry/, ratings/, truth/")
+    p.add_argument("--hands", default="hand_left,hand_right", help="comma-separated: hand_left,hand_right")
+    p.add_argument("--rescored-fraction", type=float, default=0.1, help="radiographs the two re-scorers also rate")
+    p.add_argument("--rows-per-file", type=int, default=5_000)
+    _storage_arguments(p)
+    p.set_defaults(run=_synth)
+
+    p = commands.add_parser("ingest", help="turn a CSV of labels and a folder of crops into a registry")
+    p.add_argument("--labels", required=True, help="the CSV export")
+    p.add_argument("--images", required=True, help="the folder of crops")
+    p.add_argument("--out", required=True)
+    p.add_argument("--form", choices=("wide", "long"), default="wide")
+    p.add_argument("--label-kind", choices=("pct", "stage"), default="pct")
+    p.add_argument("--rater", default="registry")
+    p.add_argument("--image-name", default="{sop_iuid}_{joint}.jpg", help="crop file name template")
+    p.add_argument("--date-format", default=None, help="strptime format; default ISO 8601")
+    p.add_argument("--columns", default=None, help="JSON file mapping CSV columns (see README)")
+    _storage_arguments(p)
+    p.set_defaults(run=_ingest)
+
+    p = commands.add_parser("validate", help="check a registry and its ratings against the contracts")
+    p.add_argument("--registry", required=True)
+    p.add_argument("--ratings", default=None)
+    p.add_argument("--report", default=None, help="write the problems here as Parquet")
+    _storage_arguments(p)
+    p.set_defaults(run=_validate)
+
+    p = commands.add_parser("demo", help="the whole job on a synthetic registry and a local Ray")
+    p.add_argument("--patients", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="default: a new temporary folder")
+    p.set_defaults(run=_demo)
+    return top
+
+
+def _storage_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL or AWS)")
+    p.add_argument("--s3-region", default=None, help="default: $AWS_REGION / $AWS_DEFAULT_REGION")
+    p.add_argument("--aws-profile", default=None, help="credentials profile (default: the AWS environment)")
+
+
+def _options(args: argparse.Namespace) -> storage.StorageOptions:
+    return storage.StorageOptions(endpoint_url=args.s3_endpoint, region=args.s3_region, profile=args.aws_profile)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    config = synth.SynthConfig(
+        patients=args.patients,
+        out=args.out,
+        seed=args.seed,
+        hands=tuple(args.hands.split(",")),
+        rescored_fraction=args.rescored_fraction,
+        rows_per_file=args.rows_per_file,
+    )
+    manifest = synth.generate(config, _options(args))
+    rows = manifest["rows"]
+    print(
+        f"wrote {rows['registry']} joints, {rows['ratings']} ratings to {args.out} "
+        f"in {manifest['seconds']} s ({manifest['joints_per_second']} joints/s)"
+    )
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    config = ingest.IngestConfig(
+        labels=args.labels,
+        images=args.images,
+        out=args.out,
+        form=args.form,
+        label_kind=args.label_kind,
+        rater=args.rater,
+        image_name=args.image_name,
+        date_format=args.date_format,
+        columns=ingest.load_column_map(args.columns),
+    )
+    rows = ingest.ingest(config, _options(args))["rows"]
+    print(f"ingested {rows['registry']} joints and {rows['ratings']} ratings into {args.out}")
+    if rows["errors"]:
+        print(f"{rows['errors']} rows rejected: see {args.out.rstrip('/')}/ingest_errors/")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    reports = _check(args.registry, args.ratings, _options(args))
+    problems = [p for r in reports for p in r.problems]
+    for p in problems[:50]:
+        where = f"{p.file} row {p.row}" if p.row is not None else p.file
+        print(f"{p.table}: {where} [{p.key}] {p.column}: {p.reason}")
+    if len(problems) > 50:
+        print(f"... and {len(problems) - 50} more")
+    if args.report:
+        with storage.TableWriter(args.report, validate.Report().to_table().schema, options=_options(args)) as w:
+            for report in reports:
+                w.write(report.to_table())
+    print(", ".join(f"{name}: {r.rows} rows, {r.bad_rows} with problems" for name, r in zip(("registry", "ratings"), reports)))
+    return 1 if problems else 0
+
+
+def _check(registry: str, ratings: str | None, options: storage.StorageOptions) -> list[validate.Report]:
+    report, ids = validate.validate_registry(registry, options)
+    return [report] + ([validate.validate_ratings(ratings, ids, options)] if ratings else [])
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from erosion import runtime, summary  # Ray only where a command needs it
+
+    out = args.out or tempfile.mkdtemp(prefix="erosion-demo-")
+    print(f"1/2 synthetic registry: {args.patients} patients, seed {args.seed} -> {out}")
+    manifest = synth.generate(synth.SynthConfig(patients=args.patients, out=out, seed=args.seed))
+    print(f"    {manifest['rows']['registry']} joints in {manifest['seconds']} s ({manifest['joints_per_second']} joints/s)")
+    reports = _check(f"{out}/registry", f"{out}/ratings", storage.StorageOptions())
+    print("    validation: " + ", ".join(f"{r.rows} rows, {len(r.problems)} problems" for r in reports))
+    if any(r.problems for r in reports):
+        return 1
+    print("2/2 summary on a local Ray (Ray Data)")
+    runtime.init_ray(num_cpus=2)
+    s = summary.summarize(f"{out}/registry", f"{out}/ratings", seed=args.seed)
+    print(f"    joints {s.joints}, patients {s.patients}, visits {s.visits}")
+    print("    class mix (registry rater): " + " / ".join(f"{100 * m:.1f}" for m in s.class_mix) + " %")
+    for name in SPLITS:
+        print(f"    {name:5s} {s.split_patients[name]:5d} patients {s.split_joints[name]:7d} joints")
+    print(f"done: the registry is in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

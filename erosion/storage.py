@@ -1,0 +1,218 @@
+"""Parquet tables on a local path or an ``s3://`` URL, through one code path (fsspec; s3fs for S3).
+
+A table is a folder of Parquet files (or one file). Readers stream record batches file by file, so no
+table is ever held whole; writers roll over to a new file every ``rows_per_file`` rows and publish each
+file under its final name only when it is complete.
+
+S3 settings come from the standard AWS environment (``AWS_ENDPOINT_URL``, ``AWS_REGION`` /
+``AWS_DEFAULT_REGION``, ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``) unless
+:class:`StorageOptions` overrides them; nothing is hard-coded.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import fsspec
+import pyarrow as pa
+import pyarrow.fs
+import pyarrow.parquet as pq
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """Overrides of the AWS environment for ``s3://`` URLs; None keeps what the environment says."""
+
+    endpoint_url: str | None = None  # an S3-compatible server, e.g. http://127.0.0.1:9000
+    region: str | None = None  # e.g. eu-central-1
+    profile: str | None = None  # a profile of ~/.aws/credentials
+
+
+def filesystem(url: str, options: StorageOptions | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem and the path inside it for a local path or an ``s3://`` URL."""
+    options = options or StorageOptions()
+    kwargs = {}
+    if url.startswith("s3://"):
+        client = {k: v for k, v in (("endpoint_url", options.endpoint_url), ("region_name", options.region)) if v}
+        kwargs = {"client_kwargs": client, "use_listings_cache": False}
+        if options.profile:
+            kwargs["profile"] = options.profile
+    fs, path = fsspec.core.url_to_fs(url, **kwargs)
+    return fs, path
+
+
+def arrow_filesystem(url: str, options: StorageOptions | None = None) -> tuple[pyarrow.fs.FileSystem, str]:
+    """The same filesystem wrapped for pyarrow and Ray Data (``filesystem=`` arguments)."""
+    fs, path = filesystem(url, options)
+    return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs)), path
+
+
+def parquet_files(url: str, options: StorageOptions | None = None) -> list[str]:
+    """The Parquet files of a table, sorted; hidden files (``.`` or ``_``) such as staging parts are skipped."""
+    fs, path = filesystem(url, options)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"no Parquet table at {url}")
+    if fs.isfile(path):
+        return [path]
+    files = [
+        f
+        for f in fs.find(path)
+        if f.endswith(".parquet") and not any(p.startswith((".", "_")) for p in f[len(path) :].split("/") if p)
+    ]
+    if not files:
+        raise FileNotFoundError(f"no .parquet files under {url}")
+    return sorted(files)
+
+
+def read_schema(fs: fsspec.AbstractFileSystem, file: str) -> pa.Schema:
+    """The Arrow schema stored in one Parquet file."""
+    with fs.open(file, "rb") as f:
+        return pq.read_schema(f)
+
+
+def iter_batches(
+    url: str,
+    columns: list[str] | None = None,
+    batch_size: int = 4096,
+    options: StorageOptions | None = None,
+) -> Iterator[tuple[str, int, pa.RecordBatch]]:
+    """Stream a table as (file, first row index within the file, batch), reading only ``columns``."""
+    fs, _ = filesystem(url, options)
+    for file in parquet_files(url, options):
+        for start, batch in iter_file_batches(fs, file, columns, batch_size):
+            yield file, start, batch
+
+
+def iter_file_batches(
+    fs: fsspec.AbstractFileSystem, file: str, columns: list[str] | None = None, batch_size: int = 4096
+) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """Stream one Parquet file as (first row index, batch)."""
+    with fs.open(file, "rb") as f:
+        start = 0
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns):
+            yield start, batch
+            start += batch.num_rows
+
+
+def read_table(url: str, columns: list[str] | None = None, options: StorageOptions | None = None) -> pa.Table:
+    """A whole table in memory: for small tables (ratings of a subset, tests), never for the registry's images."""
+    fs, _ = filesystem(url, options)
+    tables = []
+    for file in parquet_files(url, options):
+        with fs.open(file, "rb") as f:
+            tables.append(pq.read_table(f, columns=columns))
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def write_json(url: str, content: dict, options: StorageOptions | None = None) -> None:
+    """Write a small JSON document (a manifest, a summary) in one piece."""
+    fs, path = filesystem(url, options)
+    with fs.open(path, "w") as f:
+        json.dump(content, f, indent=2, default=str)
+
+
+def read_json(url: str, options: StorageOptions | None = None) -> dict:
+    """Read a JSON document written by :func:`write_json`."""
+    fs, path = filesystem(url, options)
+    with fs.open(path, "r") as f:
+        return json.load(f)
+
+
+class TableWriter:
+    """Writes a table as ``part-00000.parquet``, ``part-00001.parquet``, ... under a folder, streaming.
+
+    Each file is written under a hidden staging name and moved to its final name when complete, so a
+    reader never sees a half-written file (on S3 an object appears only when its upload completes).
+    The folder must not hold Parquet files already: a table is never mixed with an older one.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        schema: pa.Schema,
+        rows_per_file: int = 10_000,
+        options: StorageOptions | None = None,
+        row_group_rows: int = 1024,
+    ) -> None:
+        if rows_per_file < 1:
+            raise ValueError(f"rows_per_file must be >= 1, got {rows_per_file}.")
+        self.fs, self.path = filesystem(url, options)
+        self.schema = schema
+        self.rows_per_file = rows_per_file
+        self.files: list[str] = []
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._handle = None
+        self._in_file = 0
+        self.row_group_rows = row_group_rows
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        if self.fs.exists(self.path) and any(f.endswith(".parquet") for f in self.fs.find(self.path)):
+            raise FileExistsError(f"{url} already holds Parquet files; remove them or write elsewhere.")
+        self.fs.makedirs(self.path, exist_ok=True)
+
+    def write(self, table: pa.Table) -> None:
+        """Append rows (any number); buffered into row groups and split across files at ``rows_per_file``."""
+        self._pending.append(table.select(self.schema.names).cast(self.schema))
+        self._pending_rows += table.num_rows
+        if self._pending_rows >= self.row_group_rows:
+            self._flush()
+
+    def close(self) -> list[str]:
+        """Finish the last file and return the paths of all files written."""
+        self._flush()
+        if self._writer is None and not self.files:
+            self._open()  # an empty table is still a table: one file with the schema and no rows
+        if self._writer is not None:
+            self._close_file()
+        return self.files
+
+    def _flush(self) -> None:
+        table = pa.concat_tables(self._pending) if self._pending else self.schema.empty_table()
+        self._pending, self._pending_rows = [], 0
+        offset = 0
+        while offset < table.num_rows:
+            if self._writer is None:
+                self._open()
+            take = min(self.rows_per_file - self._in_file, table.num_rows - offset)
+            self._writer.write_table(table.slice(offset, take))
+            self._in_file += take
+            self.rows += take
+            offset += take
+            if self._in_file == self.rows_per_file:
+                self._close_file()
+
+    def __enter__(self) -> TableWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        elif self._writer is not None:
+            self._writer.close()
+            self._handle.close()
+            self.fs.rm(self._staging_name())
+
+    def _final_name(self) -> str:
+        return posixpath.join(self.path, f"part-{len(self.files):05d}.parquet")
+
+    def _staging_name(self) -> str:
+        return posixpath.join(self.path, f".part-{len(self.files):05d}.parquet.staging")
+
+    def _open(self) -> None:
+        staging = self._staging_name()
+        self._handle = self.fs.open(staging, "wb")
+        self._writer = pq.ParquetWriter(self._handle, self.schema, compression="zstd")
+        self._in_file = 0
+
+    def _close_file(self) -> None:
+        self._writer.close()
+        self._handle.close()
+        final = self._final_name()
+        self.fs.mv(self._staging_name(), final)
+        self.files.append(final)
+        self._writer = None
+

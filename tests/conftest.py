@@ -1,0 +1,75 @@
+"""Shared real parts for the suite: one local Ray, one S3-compatible server (moto) on loopback.
+
+The AWS variables are set at import, before Ray starts, so Ray's workers reach the same server.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray listens on 127.0.0.1 only
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+S3_PORT = _free_port()
+os.environ.update(
+    {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+)
+for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+    os.environ.pop(proxy, None)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> str:
+    """A moto S3 server on 127.0.0.1; yields its endpoint."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
+    server.start()
+    yield os.environ["AWS_ENDPOINT_URL"]
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str, request: pytest.FixtureRequest) -> str:
+    """A fresh bucket for one test, as an s3:// URL."""
+    import s3fs
+
+    name = "t-" + request.node.name.lower().replace("_", "-")[:50].strip("-[]")
+    s3fs.S3FileSystem(use_listings_cache=False).mkdir(name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole session (2 CPUs, loopback)."""
+    import ray
+
+    from erosion.runtime import init_ray
+
+    init_ray(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def small_registry(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A small synthetic registry (12 patients) shared by read-only tests."""
+    from erosion import synth
+
+    out = str(tmp_path_factory.mktemp("registry"))
+    synth.generate(synth.SynthConfig(patients=12, out=out, seed=3, rows_per_file=200, rescored_fraction=0.3))
+    return out
