@@ -121,7 +121,8 @@ def _validate(args: argparse.Namespace) -> int:
         with storage.TableWriter(args.report, validate.Report().to_table().schema, options=_options(args)) as w:
             for report in reports:
                 w.write(report.to_table())
-    print(", ".join(f"{name}: {r.rows} rows, {r.bad_rows} with problems" for name, r in zip(("registry", "ratings"), reports)))
+    for name, r in zip(("registry", "ratings"), reports, strict=False):
+        print(f"{name}: {r.rows} rows, {r.bad_rows} with problems")
     return 1 if problems else 0
 
 
@@ -136,7 +137,8 @@ def _demo(args: argparse.Namespace) -> int:
     out = args.out or tempfile.mkdtemp(prefix="erosion-demo-")
     print(f"1/2 synthetic registry: {args.patients} patients, seed {args.seed} -> {out}")
     manifest = synth.generate(synth.SynthConfig(patients=args.patients, out=out, seed=args.seed))
-    print(f"    {manifest['rows']['registry']} joints in {manifest['seconds']} s ({manifest['joints_per_second']} joints/s)")
+    rate = manifest["joints_per_second"]
+    print(f"    {manifest['rows']['registry']} joints in {manifest['seconds']} s ({rate} joints/s)")
     reports = _check(f"{out}/registry", f"{out}/ratings", storage.StorageOptions())
     print("    validation: " + ", ".join(f"{r.rows} rows, {len(r.problems)} problems" for r in reports))
     if any(r.problems for r in reports):

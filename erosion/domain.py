@@ -111,7 +111,9 @@ def balanced_class_weights(labels: Iterable[int], num_classes: int = NUM_STAGES)
     if y.size == 0:
         raise ValueError("labels must not be empty.")
     if ((y < 0) | (y >= num_classes)).any():
-        raise ValueError(f"labels must lie in 0..{num_classes - 1}, got {sorted(set(y[(y < 0) | (y >= num_classes)].tolist()))}.")
+        raise ValueError(
+            f"labels must lie in 0..{num_classes - 1}, got {sorted(set(y[(y < 0) | (y >= num_classes)].tolist()))}."
+        )
     counts = np.bincount(y.astype(np.int64), minlength=num_classes).astype(np.float64)
     present = counts > 0
     weights = np.zeros(num_classes)

@@ -61,7 +61,9 @@ def load_column_map(path: str | None) -> ColumnMap:
         content = json.load(f)
     unknown = set(content) - {f.name for f in fields(ColumnMap)}
     if unknown:
-        raise ValueError(f"unknown keys {sorted(unknown)} in {path}; expected some of {[f.name for f in fields(ColumnMap)]}.")
+        raise ValueError(
+            f"unknown keys {sorted(unknown)} in {path}; expected some of {[f.name for f in fields(ColumnMap)]}."
+        )
     return ColumnMap(**content)
 
 
@@ -107,7 +109,9 @@ ERRORS = pa.schema([("line", pa.int64()), ("key", pa.string()), ("column", pa.st
 def ingest(config: IngestConfig, options: storage.StorageOptions | None = None) -> dict:
     """Ingest the export; returns (and writes as manifest.json) the counts of ingested and rejected rows."""
     if config.form not in ("wide", "long") or config.label_kind not in ("pct", "stage"):
-        raise ValueError(f"form must be wide or long and label_kind pct or stage, got {config.form}, {config.label_kind}.")
+        raise ValueError(
+            f"form must be wide or long and label_kind pct or stage, got {config.form}, {config.label_kind}."
+        )
     out = config.out.rstrip("/")
     images_fs, images_path = storage.filesystem(config.images, options)
     registry = storage.TableWriter(f"{out}/registry", schema.REGISTRY, config.rows_per_file, options)
@@ -130,7 +134,17 @@ def ingest(config: IngestConfig, options: storage.StorageOptions | None = None) 
                     image = _read_image(images_fs, posixpath.join(images_path, _image_name(config, record)), rating)
                     if image is None:
                         continue  # a joint that is neither labelled nor imaged is not in the export
-                    joints.append((record.joint_id, record.patient_id, visit_date, record.sop_iuid, record.body_part, record.joint, image))
+                    joints.append(
+                        (
+                            record.joint_id,
+                            record.patient_id,
+                            visit_date,
+                            record.sop_iuid,
+                            record.body_part,
+                            record.joint,
+                            image,
+                        )
+                    )
                     seen_images.add(record.joint_id)
                 if rating is not None:
                     labels.append((record.joint_id, record.rater, *rating))
@@ -139,7 +153,9 @@ def ingest(config: IngestConfig, options: storage.StorageOptions | None = None) 
                 problems.append((record.line, record.joint_id, error.column, error.reason))
         for writer, rows in ((registry, joints), (ratings, labels), (errors, problems)):
             if rows:
-                writer.write(pa.Table.from_pylist([dict(zip(writer.schema.names, r, strict=True)) for r in rows], writer.schema))
+                writer.write(
+                    pa.Table.from_pylist([dict(zip(writer.schema.names, r, strict=True)) for r in rows], writer.schema)
+                )
     for writer in (registry, ratings, errors):
         writer.close()
     manifest = {
@@ -174,7 +190,17 @@ def _records(config: IngestConfig, options: storage.StorageOptions | None) -> It
                 keys = (row[cols.patient_id], row[cols.visit_date], row[cols.sop_iuid])
                 if config.form == "long":
                     rater = row.get(cols.rater) or config.rater
-                    chunk.append(_Record(line, *keys, row[cols.body_part], row[cols.joint], row[cols.label], rater, cols.label))
+                    chunk.append(
+                        _Record(
+                            line,
+                            *keys,
+                            row[cols.body_part],
+                            row[cols.joint],
+                            row[cols.label],
+                            rater,
+                            cols.label,
+                        )
+                    )
                 else:
                     for column, target in cols.joints.items():
                         if column in row:
@@ -187,7 +213,9 @@ def _parse_date(text: str, date_format: str | None) -> dt.date:
     try:
         return dt.datetime.strptime(text, date_format).date() if date_format else dt.date.fromisoformat(text)
     except ValueError:
-        raise _RowError("visit_date", f"unparsable date {text!r} (expected {date_format or 'ISO 8601, e.g. 2019-03-14'})") from None
+        raise _RowError(
+            "visit_date", f"unparsable date {text!r} (expected {date_format or 'ISO 8601, e.g. 2019-03-14'})"
+        ) from None
 
 
 def _rating(record: _Record, label_kind: str) -> tuple[float | None, int] | None:

@@ -40,7 +40,16 @@ _COMPATIBLE = {
     pa.string(): (pa.string(), pa.large_string(), pa.string_view()),
     pa.binary(): (pa.binary(), pa.large_binary(), pa.binary_view()),
     pa.float32(): (pa.float16(), pa.float32(), pa.float64()),
-    pa.int8(): (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64()),
+    pa.int8(): (
+        pa.int8(),
+        pa.int16(),
+        pa.int32(),
+        pa.int64(),
+        pa.uint8(),
+        pa.uint16(),
+        pa.uint32(),
+        pa.uint64(),
+    ),
     pa.date32(): (pa.date32(),),
 }
 
@@ -58,7 +67,10 @@ def schema_problems(actual: pa.Schema, expected: pa.Schema) -> list[tuple[str, s
             problems.append((field.name, f"missing column {field.name!r} ({field.type})"))
         elif actual.field(index).type not in _COMPATIBLE[field.type]:
             problems.append(
-                (field.name, f"column {field.name!r} has type {actual.field(index).type}, expected {field.type}")
+                (
+                    field.name,
+                    f"column {field.name!r} has type {actual.field(index).type}, expected {field.type}",
+                )
             )
     return problems
 

@@ -215,4 +215,3 @@ class TableWriter:
         self.fs.mv(self._staging_name(), final)
         self.files.append(final)
         self._writer = None
-

@@ -25,13 +25,17 @@ class Summary:
 
 
 def summarize(
-    registry: str, ratings: str, rater: str = "registry", seed: int = 0, options: storage.StorageOptions | None = None
+    registry: str,
+    ratings: str,
+    rater: str = "registry",
+    seed: int = 0,
+    options: storage.StorageOptions | None = None,
 ) -> Summary:
     """Summarize a registry and one rater's labels; streams through Ray Data, never loads the images."""
-    per_patient = (
-        _dataset(registry, ["patient_id"], options).groupby("patient_id").count().to_pandas()
+    per_patient = _dataset(registry, ["patient_id"], options).groupby("patient_id").count().to_pandas()
+    visits = (
+        _dataset(registry, ["patient_id", "visit_date"], options).groupby(["patient_id", "visit_date"]).count().count()
     )
-    visits = _dataset(registry, ["patient_id", "visit_date"], options).groupby(["patient_id", "visit_date"]).count().count()
     stages = (
         _dataset(ratings, ["rater", "ratingen"], options)
         .filter(lambda row: row["rater"] == rater)

@@ -79,7 +79,11 @@ def generate(config: SynthConfig, options: storage.StorageOptions | None = None)
     cumulative = np.cumsum(config.class_mix)
     writers = {
         name: storage.TableWriter(f"{config.out.rstrip('/')}/{name}", table_schema, config.rows_per_file, options)
-        for name, table_schema in (("registry", schema.REGISTRY), ("ratings", schema.RATINGS), ("truth", schema.TRUTH))
+        for name, table_schema in (
+            ("registry", schema.REGISTRY),
+            ("ratings", schema.RATINGS),
+            ("truth", schema.TRUTH),
+        )
     }
     for index in range(config.patients):
         tables = patient_tables(config, index, cumulative)
@@ -107,7 +111,9 @@ def patient_tables(config: SynthConfig, index: int, cumulative: np.ndarray) -> d
     registry, truth, ratings = [], [], []
     for v, visit in enumerate(visits):
         for h, hand in enumerate(config.hands):
-            sop_iuid = "2.25." + str(int(hashlib.blake2b(f"{patient_id}/{v}/{hand}".encode(), digest_size=15).hexdigest(), 16))
+            sop_iuid = "2.25." + str(
+                int(hashlib.blake2b(f"{patient_id}/{v}/{hand}".encode(), digest_size=15).hexdigest(), 16)
+            )
             raters = RATERS if rng.random() < config.rescored_fraction else RATERS[:1]
             for j, joint in enumerate(HAND_JOINTS):
                 true_pct = float(pct[v, h * len(HAND_JOINTS) + j])
@@ -127,7 +133,9 @@ def patient_tables(config: SynthConfig, index: int, cumulative: np.ndarray) -> d
 
 def _table(rows: list[tuple], table_schema: pa.Schema) -> pa.Table:
     columns = list(zip(*rows, strict=True)) if rows else [[] for _ in table_schema]
-    return pa.Table.from_arrays([pa.array(c, f.type) for c, f in zip(columns, table_schema, strict=True)], schema=table_schema)
+    return pa.Table.from_arrays(
+        [pa.array(c, f.type) for c, f in zip(columns, table_schema, strict=True)], schema=table_schema
+    )
 
 
 def _visit_dates(rng: np.random.Generator, n: int) -> list[dt.date]:
@@ -190,10 +198,11 @@ def _check(config: SynthConfig) -> None:
     if config.patients < 1:
         raise ValueError(f"patients must be >= 1, got {config.patients}.")
     if len(config.class_mix) != domain.NUM_STAGES or abs(sum(config.class_mix) - 1) > 1e-6 or min(config.class_mix) < 0:
-        raise ValueError(f"class_mix must be {domain.NUM_STAGES} non-negative fractions summing to 1, got {config.class_mix}.")
+        raise ValueError(
+            f"class_mix must be {domain.NUM_STAGES} non-negative fractions summing to 1, got {config.class_mix}."
+        )
     for hand in config.hands:
         if hand not in ("hand_left", "hand_right"):
             raise ValueError(f"hands must be hand_left and/or hand_right, got {hand!r}.")
     if not 0 <= config.rescored_fraction <= 1:
         raise ValueError(f"rescored_fraction must lie in [0, 1], got {config.rescored_fraction}.")
-

@@ -89,7 +89,11 @@ def ratings_row_problems(batch: pa.RecordBatch | pa.Table) -> Iterator[tuple[int
     for i in _indices(both_ok):
         expected = domain.ratingen_stage(pct[i].as_py())
         if expected != stage[i].as_py():
-            yield i, "ratingen", f"ratingen {stage[i].as_py()} contradicts erosion_pct {pct[i].as_py()} (stage {expected})"
+            yield (
+                i,
+                "ratingen",
+                f"ratingen {stage[i].as_py()} contradicts erosion_pct {pct[i].as_py()} (stage {expected})",
+            )
 
 
 def validate_registry(url: str, options: storage.StorageOptions | None = None) -> tuple[Report, set[str]]:

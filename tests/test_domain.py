@@ -6,7 +6,20 @@ from erosion import domain
 
 
 @pytest.mark.parametrize(
-    "pct, stage", [(0, 0), (0.1, 1), (20, 1), (20.1, 2), (40, 2), (40.1, 3), (60, 3), (60.1, 4), (80, 4), (80.1, 5), (100, 5)]
+    "pct, stage",
+    [
+        (0, 0),
+        (0.1, 1),
+        (20, 1),
+        (20.1, 2),
+        (40, 2),
+        (40.1, 3),
+        (60, 3),
+        (60.1, 4),
+        (80, 4),
+        (80.1, 5),
+        (100, 5),
+    ],
 )
 def test_stage_boundaries(pct, stage):
     assert domain.ratingen_stage(pct) == stage

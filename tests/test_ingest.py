@@ -33,7 +33,9 @@ def wide_export(tmp_path):
         "p3,2018-01-02,1.4,hand_left,0,130,,0\n"
     )
     columns = tmp_path / "columns.json"
-    columns.write_text(json.dumps({"visit_date": "date_x", "joints": {f"hand_left_{i}": f"hand_left/mcp{i}" for i in (1, 2, 3)}}))
+    columns.write_text(
+        json.dumps({"visit_date": "date_x", "joints": {f"hand_left_{i}": f"hand_left/mcp{i}" for i in (1, 2, 3)}})
+    )
     return tmp_path
 
 
@@ -51,16 +53,32 @@ def test_wide_export_ingests_the_good_rows_and_reports_each_bad_one(wide_export)
     assert by_key["1.2/mcp2"][:2] == (3, "image") and "unreadable image" in by_key["1.2/mcp2"][2]
     assert by_key["1.2/mcp3"][:2] == (3, "image") and "image file not found" in by_key["1.2/mcp3"][2]
     for joint in ("mcp1", "mcp2", "mcp3"):
-        assert by_key[f"1.3/{joint}"][:2] == (4, "visit_date") and "unparsable date '14.03.2019'" in by_key[f"1.3/{joint}"][2]
+        assert (
+            by_key[f"1.3/{joint}"][:2] == (4, "visit_date")
+            and "unparsable date '14.03.2019'" in by_key[f"1.3/{joint}"][2]
+        )
     assert by_key["1.4/mcp2"] == (5, "hand_left_2", "label '130' is outside 0-100 %")
     assert len(errors) == 6
 
     registry = storage.read_table(f"{out}/registry")
     ratings = storage.read_table(f"{out}/ratings")
     # 1.1: three joints; 1.2: mcp1; 1.4: mcp1 labelled, mcp3 imaged but not labelled.
-    assert sorted(registry["joint_id"].to_pylist()) == ["1.1/mcp1", "1.1/mcp2", "1.1/mcp3", "1.2/mcp1", "1.4/mcp1", "1.4/mcp3"]
+    assert sorted(registry["joint_id"].to_pylist()) == [
+        "1.1/mcp1",
+        "1.1/mcp2",
+        "1.1/mcp3",
+        "1.2/mcp1",
+        "1.4/mcp1",
+        "1.4/mcp3",
+    ]
     got = {(r["joint_id"], r["erosion_pct"], r["ratingen"]) for r in ratings.to_pylist()}
-    assert got == {("1.1/mcp1", 0, 0), ("1.1/mcp2", 12.5, 1), ("1.1/mcp3", 100, 5), ("1.2/mcp1", 5, 1), ("1.4/mcp1", 0, 0)}
+    assert got == {
+        ("1.1/mcp1", 0, 0),
+        ("1.1/mcp2", 12.5, 1),
+        ("1.1/mcp3", 100, 5),
+        ("1.2/mcp1", 5, 1),
+        ("1.4/mcp1", 0, 0),
+    }
     assert manifest["rows"] == {"registry": 6, "ratings": 5, "errors": 6}
     report, ids = validate.validate_registry(f"{out}/registry")
     assert report.problems == [] and validate.validate_ratings(f"{out}/ratings", ids).problems == []
@@ -90,14 +108,20 @@ def test_long_export_with_two_raters_and_stage_labels(tmp_path):
         columns=ingest.ColumnMap(label="score"),
     )
     manifest = ingest.ingest(config)
-    errors = {(e["line"], e["column"]): e["reason"] for e in storage.read_table(str(tmp_path / "out/ingest_errors")).to_pylist()}
+    errors = {
+        (e["line"], e["column"]): e["reason"]
+        for e in storage.read_table(str(tmp_path / "out/ingest_errors")).to_pylist()
+    }
     assert errors == {
         (4, "score"): "label '6' is not a Ratingen stage 0-5",
         (5, "joint"): errors[(5, "joint")],
         (7, "score"): "duplicate label of '9.1/pip2' by 'registry'",
     }
     assert "unknown joint 'dip2'" in errors[(5, "joint")]
-    ratings = {(r["joint_id"], r["rater"], r["ratingen"]) for r in storage.read_table(str(tmp_path / "out/ratings")).to_pylist()}
+    ratings = {
+        (r["joint_id"], r["rater"], r["ratingen"])
+        for r in storage.read_table(str(tmp_path / "out/ratings")).to_pylist()
+    }
     assert ratings == {("9.1/pip2", "registry", 2), ("9.1/pip2", "expert", 3), ("9.2/mtp1", "registry", 0)}
     # pip2 once for its two raters, and mtp1; a rejected row (the wrist) brings no image either.
     assert manifest["rows"]["registry"] == 2

@@ -26,7 +26,11 @@ def _round_trip(url: str) -> None:
     with storage.TableWriter(url, schema.REGISTRY, rows_per_file=1000, row_group_rows=300) as writer:
         for offset in range(0, 2500, 170):  # uneven appends across row groups and files
             writer.write(table.slice(offset, 170))
-    assert [f.rsplit("/", 1)[1] for f in writer.files] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert [f.rsplit("/", 1)[1] for f in writer.files] == [
+        "part-00000.parquet",
+        "part-00001.parquet",
+        "part-00002.parquet",
+    ]
     assert storage.parquet_files(url) == writer.files
     assert storage.read_table(url).equals(table)
     streamed = pa.Table.from_batches([b for _, _, b in storage.iter_batches(url, batch_size=333)])
@@ -59,7 +63,10 @@ def test_explicit_endpoint_option_reaches_the_server(s3_bucket, s3_server, monke
 
 def test_a_failed_write_leaves_no_visible_file(tmp_path):
     url = str(tmp_path / "t")
-    with pytest.raises(RuntimeError), storage.TableWriter(url, schema.REGISTRY, rows_per_file=100, row_group_rows=10) as w:
+    with (
+        pytest.raises(RuntimeError),
+        storage.TableWriter(url, schema.REGISTRY, rows_per_file=100, row_group_rows=10) as w,
+    ):
         w.write(_registry_rows(150))  # one complete file, one half-written
         raise RuntimeError("killed")
     assert [f.rsplit("/", 1)[1] for f in storage.parquet_files(url)] == ["part-00000.parquet"]

@@ -5,7 +5,6 @@ import pyarrow.parquet as pq
 
 from erosion import schema, validate
 
-
 NULLABLE = pa.schema([f.with_nullable(True) for f in schema.REGISTRY])  # as an export may write it
 
 
@@ -54,7 +53,11 @@ def test_a_duplicate_across_files_is_found(tmp_path):
     _registry(tmp_path, [_row("b/mcp1"), _row("a/mcp1")], name="part-1.parquet")
     report, _ = validate.validate_registry(url)
     [problem] = report.problems
-    assert (problem.file.endswith("part-1.parquet"), problem.row, problem.reason) == (True, 1, "duplicate joint_id 'a/mcp1'")
+    assert (problem.file.endswith("part-1.parquet"), problem.row, problem.reason) == (
+        True,
+        1,
+        "duplicate joint_id 'a/mcp1'",
+    )
 
 
 def test_a_missing_column_and_a_wrong_type_are_named(tmp_path):
@@ -65,7 +68,11 @@ def test_a_missing_column_and_a_wrong_type_are_named(tmp_path):
     pq.write_table(no_image, tmp_path / "registry" / "part-1.parquet")
     report, _ = validate.validate_registry(url)
     reasons = sorted((p.file.rsplit("/", 1)[1], p.column, p.reason) for p in report.problems)
-    assert ("part-0.parquet", "visit_date", "column 'visit_date' has type string, expected date32[day]") in reasons
+    assert (
+        "part-0.parquet",
+        "visit_date",
+        "column 'visit_date' has type string, expected date32[day]",
+    ) in reasons
     assert ("part-1.parquet", "image", "missing column 'image' (binary)") in reasons
     assert all(p.row is None for p in report.problems)
 

@@ -1,0 +1,125 @@
+import hashlib
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+from PIL import Image
+from sklearn.metrics import cohen_kappa_score
+
+from erosion import domain, storage, synth
+
+
+@pytest.fixture(scope="module")
+def big_registry(tmp_path_factory):
+    """>= 10^4 joints (150 patients, ~3.5 visits, 20 joints a visit)."""
+    out = str(tmp_path_factory.mktemp("big"))
+    manifest = synth.generate(synth.SynthConfig(patients=150, out=out, seed=11, rows_per_file=4_000))
+    assert manifest["rows"]["registry"] >= 10_000
+    return out
+
+
+def test_class_mix_follows_table_1_within_1_5_points(big_registry):
+    truth = storage.read_table(f"{big_registry}/truth")
+    share = np.bincount(truth["ratingen"].to_numpy(), minlength=6) / truth.num_rows
+    np.testing.assert_allclose(share, synth.TABLE1_MIX, atol=0.015)
+    assert (share > 0).all()
+
+
+def test_true_stage_is_the_stage_of_the_true_pct(big_registry):
+    truth = storage.read_table(f"{big_registry}/truth")
+    np.testing.assert_array_equal(domain.ratingen_stage(truth["erosion_pct"].to_numpy()), truth["ratingen"].to_numpy())
+
+
+def test_erosion_never_heals_over_a_patients_visits(big_registry):
+    registry = storage.read_table(
+        f"{big_registry}/registry", columns=["joint_id", "patient_id", "visit_date", "body_part", "joint"]
+    )
+    truth = storage.read_table(f"{big_registry}/truth").to_pandas()
+    frame = registry.to_pandas().merge(truth, on="joint_id").sort_values("visit_date")
+    steps = frame.groupby(["patient_id", "body_part", "joint"])["erosion_pct"].diff().dropna()
+    assert len(steps) > 5_000 and (steps >= 0).all() and (steps > 0).any()
+    assert frame.groupby("patient_id")["visit_date"].nunique().between(1, 6).all()
+
+
+def test_ten_joints_per_radiograph(big_registry):
+    registry = storage.read_table(f"{big_registry}/registry", columns=["sop_iuid", "joint"]).to_pandas()
+    per_radiograph = registry.groupby("sop_iuid")["joint"].agg(["count", "nunique"])
+    assert (per_radiograph["count"] == 10).all() and (per_radiograph["nunique"] == 10).all()
+
+
+def test_pairwise_quadratic_kappa_of_the_raters_is_near_the_papers(big_registry):
+    ratings = storage.read_table(f"{big_registry}/ratings").to_pandas()
+    wide = ratings.pivot(index="joint_id", columns="rater", values="ratingen")
+    assert wide["registry"].notna().all()
+    rescored = wide.dropna()
+    assert len(rescored) >= 500
+    for a, b in [("registry", "rescorer_1"), ("registry", "rescorer_2"), ("rescorer_1", "rescorer_2")]:
+        kappa = cohen_kappa_score(rescored[a], rescored[b], weights="quadratic")
+        assert 0.5 <= kappa <= 0.75, (a, b, kappa)
+
+
+def test_crops_mix_formats_sizes_and_bit_depths(big_registry):
+    images = storage.read_table(f"{big_registry}/registry", columns=["image"])["image"].slice(0, 600).to_pylist()
+    formats, modes, sizes = set(), set(), set()
+    for data in images:
+        with Image.open(io.BytesIO(data)) as image:
+            formats.add(image.format)
+            modes.add(image.mode)
+            sizes.add(image.size)
+    assert formats == {"JPEG", "PNG"}
+    assert {"L", "I;16"} <= modes
+    assert len(sizes) > 100
+
+
+def test_the_same_seed_gives_the_same_bytes(tmp_path):
+    digests = []
+    for run in ("a", "b"):
+        synth.generate(synth.SynthConfig(patients=4, out=str(tmp_path / run), seed=5, rows_per_file=50))
+        files = sorted((tmp_path / run).rglob("*.parquet"))
+        digests.append([(f.relative_to(tmp_path / run), hashlib.sha256(f.read_bytes()).hexdigest()) for f in files])
+    assert digests[0] == digests[1] and len(digests[0]) > 3
+
+
+def test_another_seed_gives_other_patients(tmp_path):
+    ids = []
+    for seed in (1, 2):
+        out = str(tmp_path / str(seed))
+        synth.generate(synth.SynthConfig(patients=2, out=out, seed=seed))
+        ids.append(
+            set(pc.unique(storage.read_table(f"{out}/registry", columns=["patient_id"])["patient_id"]).to_pylist())
+        )
+    assert not ids[0] & ids[1]
+
+
+def test_writes_to_s3(s3_bucket):
+    manifest = synth.generate(synth.SynthConfig(patients=2, out=f"{s3_bucket}/reg", seed=1))
+    assert storage.read_table(f"{s3_bucket}/reg/ratings").num_rows == manifest["rows"]["ratings"]
+    assert storage.read_json(f"{s3_bucket}/reg/manifest.json")["rows"] == manifest["rows"]
+
+
+_PEAK = """
+import resource, sys
+from erosion import synth
+synth.generate(synth.SynthConfig(patients=int(sys.argv[1]), out=sys.argv[2], rows_per_file=1000))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_as_the_registry_grows(tmp_path):
+    peaks = {}
+    for patients in (30, 300):  # about 2,000 and 20,000 joints
+        result = subprocess.run(
+            [sys.executable, "-c", _PEAK, str(patients), str(tmp_path / str(patients))],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        peaks[patients] = int(result.stdout.split()[-1])
+    manifest = json.loads((tmp_path / "300" / "manifest.json").read_text())
+    assert manifest["rows"]["registry"] >= 18_000
+    assert peaks[300] <= 1.2 * peaks[30], peaks
