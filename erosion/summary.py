@@ -1,10 +1,16 @@
-"""A registry at a glance, computed with Ray Data: joints, patients, visits, class mix, split sizes."""
+"""A registry at a glance, read through Ray Data: joints, patients, visits, class mix, split sizes.
+
+Ray Data's read tasks stream the key columns (never the images) to the driver, which keeps only counts:
+per patient, per visit and per stage.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow.compute as pc
 import ray
 
 from erosion import domain, storage
@@ -25,38 +31,31 @@ class Summary:
 
 
 def summarize(
-    registry: str,
-    ratings: str,
-    rater: str = "registry",
-    seed: int = 0,
-    options: storage.StorageOptions | None = None,
+    registry: str, ratings: str, rater: str = "registry", seed: int = 0, options: storage.StorageOptions | None = None
 ) -> Summary:
-    """Summarize a registry and one rater's labels; streams through Ray Data, never loads the images."""
-    per_patient = _dataset(registry, ["patient_id"], options).groupby("patient_id").count().to_pandas()
-    visits = (
-        _dataset(registry, ["patient_id", "visit_date"], options).groupby(["patient_id", "visit_date"]).count().count()
-    )
-    stages = (
-        _dataset(ratings, ["rater", "ratingen"], options)
-        .filter(lambda row: row["rater"] == rater)
-        .groupby("ratingen")
-        .count()
-        .to_pandas()
-    )
-    counts = np.zeros(domain.NUM_STAGES)
-    counts[stages["ratingen"].to_numpy(dtype=int)] = stages["count()"].to_numpy()
-    split = per_patient["patient_id"].map(lambda p: split_of(p, seed, FRACTIONS))
+    """Summarize a registry and one rater's labels."""
+    joints_per_patient: Counter[str] = Counter()
+    visits: set[tuple[str, object]] = set()
+    for batch in _dataset(registry, ["patient_id", "visit_date"], options).iter_batches(batch_format="pyarrow"):
+        patients = batch["patient_id"].to_pylist()
+        joints_per_patient.update(patients)
+        visits.update(zip(patients, batch["visit_date"].to_pylist(), strict=True))
+    counts = np.zeros(domain.NUM_STAGES, dtype=np.int64)
+    for batch in _dataset(ratings, ["rater", "ratingen"], options).iter_batches(batch_format="pyarrow"):
+        stages = pc.filter(batch["ratingen"], pc.equal(batch["rater"], rater)).to_numpy()
+        counts += np.bincount(stages.astype(np.int64), minlength=domain.NUM_STAGES)
+    split = {p: split_of(p, seed, FRACTIONS) for p in joints_per_patient}
     return Summary(
-        joints=int(per_patient["count()"].sum()),
-        patients=len(per_patient),
-        visits=int(visits),
+        joints=sum(joints_per_patient.values()),
+        patients=len(joints_per_patient),
+        visits=len(visits),
         class_mix=tuple(float(c) for c in counts / max(counts.sum(), 1)),
         rated=int(counts.sum()),
-        split_patients={s: int((split == s).sum()) for s in SPLITS},
-        split_joints={s: int(per_patient.loc[split == s, "count()"].sum()) for s in SPLITS},
+        split_patients={s: sum(v == s for v in split.values()) for s in SPLITS},
+        split_joints={s: sum(n for p, n in joints_per_patient.items() if split[p] == s) for s in SPLITS},
     )
 
 
 def _dataset(url: str, columns: list[str], options: storage.StorageOptions | None) -> ray.data.Dataset:
     fs, _ = storage.arrow_filesystem(url, options)
-    return ray.data.read_parquet(storage.parquet_files(url, options), filesystem=fs, columns=columns)
+    return ray.data.read_parquet(storage.parquet_files(url, options), filesystem=fs).select_columns(columns)

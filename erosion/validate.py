@@ -148,7 +148,7 @@ def _batches(
             continue
         for start, batch in storage.iter_file_batches(fs, file, expected.names):
             report.rows += batch.num_rows
-            yield file, start, batch
+            yield file, start, schema.normalize_text(batch, expected)
 
 
 def _indices(mask: pa.Array | pa.ChunkedArray) -> list[int]:
