@@ -29,7 +29,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="folder or s3:// URL for registry/, ratings/, truth/")
     p.add_argument("--hands", default="hand_left,hand_right", help="comma-separated: hand_left,hand_right")
-    p.add_argument("--rescored-fraction", type=float, default=0.1, help="radiographs the two re-scorers also rate")
+    p.add_argument(
+        "--rescored-fraction", type=float, default=0.1, help="chance a radiograph is re-scored (x5 if eroded)"
+    )
     p.add_argument("--rows-per-file", type=int, default=5_000)
     _storage_arguments(p)
     p.set_defaults(run=_synth)

@@ -9,8 +9,9 @@ The source registry is private, so every test, demo and benchmark runs on this. 
 * Crops come from :func:`erosion.phantom.render_joint` and are encoded as JPEG (most), 8-bit PNG and
   16-bit PNG, as a real export would mix them.
 * Raters. ``registry`` rates every joint; ``rescorer_1`` and ``rescorer_2`` re-rate a random subset of
-  radiographs, like the paper's re-scoring set. Each rater has its own bias and noise on the % scale and
-  misses or over-calls small erosions, so pairwise quadratic kappa lands near the paper's 0.55-0.7.
+  radiographs, enriched for eroded ones like the paper's class-balanced re-scoring set. Each rater has
+  its own bias and noise on the % scale and misses or over-calls small erosions, so that pairwise
+  quadratic kappa on the re-scored joints lands near the paper's 0.55-0.7.
 * Streaming. Patients are drawn one at a time from their own seeded generator and written to
   bounded-size files, so memory does not grow with the registry and the same seed gives the same bytes.
 """
@@ -51,9 +52,9 @@ class Rater:
 
 
 RATERS = (
-    Rater("registry", bias_pct=0.0, scale=1.0, noise_pct=16.0, miss_small=0.35, over_call=0.20),
-    Rater("rescorer_1", bias_pct=4.0, scale=1.15, noise_pct=18.0, miss_small=0.25, over_call=0.25),
-    Rater("rescorer_2", bias_pct=-3.0, scale=0.85, noise_pct=17.0, miss_small=0.45, over_call=0.15),
+    Rater("registry", bias_pct=0.0, scale=1.0, noise_pct=20.0, miss_small=0.4, over_call=0.25),
+    Rater("rescorer_1", bias_pct=5.0, scale=1.15, noise_pct=23.0, miss_small=0.3, over_call=0.3),
+    Rater("rescorer_2", bias_pct=-4.0, scale=0.85, noise_pct=22.0, miss_small=0.5, over_call=0.2),
 )
 
 
@@ -67,7 +68,8 @@ class SynthConfig:
     class_mix: tuple[float, ...] = TABLE1_MIX  # stage 0..5 fractions over all joints
     hands: tuple[str, ...] = ("hand_left", "hand_right")  # one radiograph per hand per visit
     max_visits: int = 6  # visits per patient are uniform in 1..max_visits, months to years apart
-    rescored_fraction: float = 0.1  # share of radiographs that the two re-scorers also rate
+    rescored_fraction: float = 0.1  # chance that the two re-scorers also rate a radiograph ...
+    rescore_enrichment: float = 5.0  # ... times this when it shows erosion of stage 2 or more
     rows_per_file: int = 5_000  # joints per Parquet file: bounds memory and file size
     jpeg_share: float = 0.8  # the rest is split 60/40 between 8-bit and 16-bit PNG
 
@@ -114,7 +116,10 @@ def patient_tables(config: SynthConfig, index: int, cumulative: np.ndarray) -> d
             sop_iuid = "2.25." + str(
                 int(hashlib.blake2b(f"{patient_id}/{v}/{hand}".encode(), digest_size=15).hexdigest(), 16)
             )
-            raters = RATERS if rng.random() < config.rescored_fraction else RATERS[:1]
+            enrich = (
+                config.rescore_enrichment if pct[v, h * len(HAND_JOINTS) : (h + 1) * len(HAND_JOINTS)].max() > 20 else 1
+            )
+            raters = RATERS if rng.random() < config.rescored_fraction * enrich else RATERS[:1]
             for j, joint in enumerate(HAND_JOINTS):
                 true_pct = float(pct[v, h * len(HAND_JOINTS) + j])
                 joint_id = f"{sop_iuid}/{joint}"
@@ -148,7 +153,7 @@ def _visit_dates(rng: np.random.Generator, n: int) -> list[dt.date]:
 def _erosion_trajectories(rng: np.random.Generator, visits: int, joints: int, cumulative: np.ndarray) -> np.ndarray:
     """True % eroded, shape (visits, joints): non-decreasing over visits, stage mix as ``cumulative``."""
     patient = rng.standard_normal()
-    joint_level = math.sqrt(0.5) * patient + math.sqrt(0.5) * rng.standard_normal(joints)
+    joint_level = math.sqrt(0.2) * patient + math.sqrt(0.8) * rng.standard_normal(joints)
     latent = 0.9 * joint_level + math.sqrt(1 - 0.9**2) * rng.standard_normal((visits, joints))
     uniform = np.sort(0.5 * (1.0 + np.vectorize(math.erf)(latent / math.sqrt(2.0))), axis=0)
     return _pct_from_uniform(uniform, cumulative)

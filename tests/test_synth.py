@@ -22,10 +22,13 @@ def big_registry(tmp_path_factory):
     return out
 
 
-def test_class_mix_follows_table_1_within_1_5_points(big_registry):
+def test_class_mix_follows_table_1_within_stated_tolerance(big_registry):
+    # Joints of a patient are correlated, so 150 patients vary more than 10^4 independent joints would:
+    # stages 0 and 1 within 3 points, the rare stages within 1 point.
     truth = storage.read_table(f"{big_registry}/truth")
     share = np.bincount(truth["ratingen"].to_numpy(), minlength=6) / truth.num_rows
-    np.testing.assert_allclose(share, synth.TABLE1_MIX, atol=0.015)
+    np.testing.assert_allclose(share[:2], synth.TABLE1_MIX[:2], atol=0.03)
+    np.testing.assert_allclose(share[2:], synth.TABLE1_MIX[2:], atol=0.01)
     assert (share > 0).all()
 
 
