@@ -15,7 +15,8 @@ from erosion.split import SPLITS
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``erosion`` sub-command; returns the process exit code."""
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("erosion").setLevel(logging.INFO)
     return args.run(args)
 
 
