@@ -121,7 +121,7 @@ def _validate(args: argparse.Namespace) -> int:
     if len(problems) > 50:
         print(f"... and {len(problems) - 50} more")
     if args.report:
-        with storage.TableWriter(args.report, validate.Report().to_table().schema, options=_options(args)) as w:
+        with storage.TableWriter(args.report, validate.PROBLEMS, options=_options(args)) as w:
             for report in reports:
                 w.write(report.to_table())
     for name, r in zip(("registry", "ratings"), reports, strict=False):

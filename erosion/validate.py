@@ -18,6 +18,12 @@ from erosion import domain, schema, storage
 _VALID_PAIRS = pa.array([f"{b}/{j}" for b in domain.BODY_PARTS for j in domain.joints_of(b)])
 
 
+PROBLEMS = pa.schema(
+    [(c, pa.int64() if c == "row" else pa.string()) for c in ("table", "file", "row", "key", "column", "reason")]
+)
+"""The schema of a validation report written as Parquet."""
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with the input, and where."""
@@ -32,7 +38,7 @@ class Problem:
 
 @dataclass
 class Report:
-    """What a validation pass saw: rows read, problems found, and the keys of good registry rows."""
+    """What a validation pass saw: rows read and problems found."""
 
     rows: int = 0
     problems: list[Problem] = field(default_factory=list)
@@ -44,11 +50,7 @@ class Report:
 
     def to_table(self) -> pa.Table:
         """The problems as an Arrow table, one row each, for a Parquet error report."""
-        columns = ["table", "file", "row", "key", "column", "reason"]
-        return pa.table(
-            {c: [getattr(p, c) for p in self.problems] for c in columns},
-            schema=pa.schema([(c, pa.int64() if c == "row" else pa.string()) for c in columns]),
-        )
+        return pa.table({c: [getattr(p, c) for p in self.problems] for c in PROBLEMS.names}, schema=PROBLEMS)
 
 
 def registry_row_problems(batch: pa.RecordBatch | pa.Table) -> Iterator[tuple[int, str, str]]:
