@@ -59,12 +59,6 @@ def ratingen_stage(erosion_pct: float | np.ndarray) -> int | np.ndarray:
     return int(stage) if stage.ndim == 0 else stage
 
 
-def stage_pct_range(stage: int) -> tuple[float, float]:
-    """The (exclusive lower, inclusive upper) % bounds of a stage; stage 0 is exactly 0 %."""
-    _check_stage(stage)
-    return (0.0, 0.0) if stage == 0 else (STAGE_UPPER_PCT[stage - 1], STAGE_UPPER_PCT[stage])
-
-
 @dataclass(frozen=True)
 class RauScore:
     """The Rau score of one visit and what it rests on."""

@@ -16,7 +16,6 @@ with its CSV line and reason; everything else is ingested.
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import posixpath
 from collections.abc import Iterator
@@ -24,9 +23,9 @@ from dataclasses import asdict, dataclass, field, fields
 
 import pandas as pd
 import pyarrow as pa
-from PIL import Image
 
 from erosion import domain, schema, storage
+from erosion.preprocess import letterbox
 
 
 def default_wide_joints() -> dict[str, str]:
@@ -249,8 +248,7 @@ def _read_image(fs, path: str, rating: tuple | None) -> bytes | None:
     with fs.open(path, "rb") as f:
         data = f.read()
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-    except Exception as error:  # PIL raises many types for broken files; each is this row's error
+        letterbox(data)  # the same decode that training and scoring will do
+    except ValueError as error:
         raise _RowError("image", f"unreadable image {path}: {error}") from None
     return data
