@@ -7,8 +7,14 @@ import logging
 import sys
 import tempfile
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from erosion import ingest, storage, synth, validate
+from erosion import evaluate, ingest, storage, synth, validate
+from erosion.augment import NO_AUGMENTATION, AugmentConfig
+from erosion.model import ModelConfig
+
+if TYPE_CHECKING:
+    from erosion import training
 from erosion.split import SPLITS
 
 
@@ -57,10 +63,58 @@ def parser() -> argparse.ArgumentParser:
     _storage_arguments(p)
     p.set_defaults(run=_validate)
 
+    p = commands.add_parser("train", help="train the CNN on Ray Train (resumes a run of the same --name)")
+    p.add_argument("--registry", required=True)
+    p.add_argument("--ratings", required=True)
+    p.add_argument("--out", required=True, help="folder or s3:// URL; the run lives in <out>/<name>")
+    p.add_argument("--name", default="erosion", help="run name; the same name resumes the run")
+    p.add_argument("--rater", default="registry", help="whose stages are the labels")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--gpus-per-worker", type=float, default=0.0)
+    p.add_argument("--cpus-per-worker", type=float, default=0.5)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128, help="per worker")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--unweighted", action="store_true", help="plain cross-entropy instead of class-weighted")
+    p.add_argument("--input-size", type=int, default=150, help="150: the paper's; 64 trains fast on CPU")
+    p.add_argument("--width", type=float, default=1.0, help="1: the paper's; 0.25 trains fast on CPU")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--max-failures", type=int, default=2)
+    p.add_argument("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS or a local Ray)")
+    _storage_arguments(p)
+    p.set_defaults(run=_train)
+
+    p = commands.add_parser("evaluate", help="a trained model's accuracies on one split (plain process, no Ray)")
+    p.add_argument("--model", required=True, help="a training run's folder or its model/")
+    p.add_argument("--registry", required=True)
+    p.add_argument("--ratings", required=True)
+    p.add_argument("--rater", default="registry")
+    p.add_argument("--truth", default=None, help="a synthetic registry's truth/ table, to compare with too")
+    p.add_argument("--split", choices=SPLITS, default="val")
+    p.add_argument("--split-seed", type=int, default=0)
+    _storage_arguments(p)
+    p.set_defaults(run=_evaluate)
+
+    p = commands.add_parser("benchmark-train", help="training throughput: bare step, augmented step, Ray Train")
+    p.add_argument("--registry", required=True, help="a folder with registry/ and ratings/ (erosion synth)")
+    p.add_argument("--out", required=True, help="where the pipeline run writes checkpoints")
+    p.add_argument("--input-size", type=int, default=64)
+    p.add_argument("--width", type=float, default=0.25)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the in-process steps (one worker's)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", default=None, help="also write the figures here")
+    p.set_defaults(run=_benchmark_train)
+
     p = commands.add_parser("demo", help="the whole job on a synthetic registry and a local Ray")
     p.add_argument("--patients", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="default: a new temporary folder")
+    p.add_argument("--epochs", type=int, default=3)
     p.set_defaults(run=_demo)
     return top
 
@@ -112,6 +166,79 @@ def _ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from erosion import datasets, runtime, training  # Ray only where a command needs it
+
+    config = training.TrainConfig(
+        data=datasets.LabelSet(args.registry, args.ratings, args.rater, args.split_seed, _options(args)),
+        out=args.out,
+        name=args.name,
+        epochs=args.epochs,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        cpus_per_worker=args.cpus_per_worker,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        weighted_loss=not args.unweighted,
+        seed=args.seed,
+        model=ModelConfig(input_size=args.input_size, width=args.width),
+        augment=NO_AUGMENTATION if args.no_augment else AugmentConfig(),
+        max_failures=args.max_failures,
+    )
+    runtime.init_ray(args.address)
+    _print_training(training.train(config))
+    return 0
+
+
+def _print_training(result: training.TrainResult) -> None:
+    card, best = result.card, result.best
+    model = "the paper's model" if card.model == ModelConfig() else f"a reduced model ({card.model})"
+    print(f"trained {model}, {len(card.history)} epochs; best epoch {card.epoch + 1} by validation balanced accuracy:")
+    print(
+        f"    accuracy {best['val_accuracy']:.3f}, balanced {best['val_balanced_accuracy']:.3f}, "
+        f"+-1 balanced {best['val_pm1_balanced_accuracy']:.3f} on {best['val_rows']} validation crops"
+    )
+    print(f"    model {card.model_version} in {result.model}")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    options = _options(args)
+    predicted = evaluate.predict_split(args.model, args.registry, args.split, args.split_seed, options)
+    references = {f"rater {args.rater}": evaluate.rater_series(args.ratings, args.rater, options)}
+    if args.truth:
+        references["ground truth"] = evaluate.truth_stages(args.truth, options)
+    print(f"{args.split} split, {len(predicted)} crops scored")
+    for name, reference in references.items():
+        a = evaluate.accuracies(predicted, reference, name)
+        print(
+            f"    vs {name}: n {a.n}, accuracy {a.accuracy:.3f}, balanced {a.balanced_accuracy:.3f}, "
+            f"+-1 balanced {a.pm1_balanced_accuracy:.3f}"
+        )
+    return 0
+
+
+def _benchmark_train(args: argparse.Namespace) -> int:
+    from erosion import benchmark, runtime  # Ray only where a command needs it
+
+    config = benchmark.TrainBenchConfig(
+        registry=args.registry,
+        out=args.out,
+        model=ModelConfig(input_size=args.input_size, width=args.width),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        epochs=args.epochs,
+        threads=args.threads,
+        device=args.device,
+    )
+    runtime.init_ray()
+    figures = benchmark.train_throughput(config)
+    for key, value in figures.items():
+        print(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")
+    if args.json:
+        storage.write_json(args.json, figures)
+    return 0
+
+
 def _validate(args: argparse.Namespace) -> int:
     reports = _check(args.registry, args.ratings, _options(args))
     problems = [p for r in reports for p in r.problems]
@@ -135,10 +262,10 @@ def _check(registry: str, ratings: str | None, options: storage.StorageOptions) 
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from erosion import runtime, summary  # Ray only where a command needs it
+    from erosion import datasets, runtime, summary, training  # Ray only where a command needs it
 
     out = args.out or tempfile.mkdtemp(prefix="erosion-demo-")
-    print(f"1/2 synthetic registry: {args.patients} patients, seed {args.seed} -> {out}")
+    print(f"1/3 synthetic registry: {args.patients} patients, seed {args.seed} -> {out}")
     manifest = synth.generate(synth.SynthConfig(patients=args.patients, out=out, seed=args.seed))
     rate = manifest["joints_per_second"]
     print(f"    {manifest['rows']['registry']} joints in {manifest['seconds']} s ({rate} joints/s)")
@@ -146,14 +273,24 @@ def _demo(args: argparse.Namespace) -> int:
     print("    validation: " + ", ".join(f"{r.rows} rows, {len(r.problems)} problems" for r in reports))
     if any(r.problems for r in reports):
         return 1
-    print("2/2 summary on a local Ray (Ray Data)")
+    print("2/3 summary on a local Ray (Ray Data)")
     runtime.init_ray(num_cpus=2)
     s = summary.summarize(f"{out}/registry", f"{out}/ratings", seed=args.seed)
     print(f"    joints {s.joints}, patients {s.patients}, visits {s.visits}")
     print("    class mix (registry rater): " + " / ".join(f"{100 * m:.1f}" for m in s.class_mix) + " %")
     for name in SPLITS:
         print(f"    {name:5s} {s.split_patients[name]:5d} patients {s.split_joints[name]:7d} joints")
-    print(f"done: the registry is in {out}")
+    print(f"3/3 training on Ray Train, 2 CPU workers, {args.epochs} epochs: a reduced model (quarter width, 64x64)")
+    config = training.TrainConfig(
+        data=datasets.LabelSet(f"{out}/registry", f"{out}/ratings", split_seed=args.seed),
+        out=f"{out}/runs",
+        name="demo",
+        epochs=args.epochs,
+        batch_size=32,
+        model=ModelConfig(input_size=64, width=0.25),
+    )
+    _print_training(training.train(config))
+    print(f"done: everything is in {out}")
     return 0
 
 

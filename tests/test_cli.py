@@ -3,7 +3,7 @@ import subprocess
 import numpy as np
 import pandas as pd
 
-from erosion import cli, storage
+from erosion import checkpoint, cli, storage
 from erosion.split import split_of
 from erosion.summary import summarize
 
@@ -31,10 +31,12 @@ def test_summary_reads_the_registry_from_s3_in_ray_workers(ray_local, small_regi
 
 
 def test_demo_runs_end_to_end(ray_local, tmp_path, capsys):
-    assert cli.main(["demo", "--patients", "6", "--out", str(tmp_path)]) == 0
+    assert cli.main(["demo", "--patients", "16", "--epochs", "1", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "validation:" in printed and "0 problems" in printed and "class mix" in printed
+    assert "trained a reduced model" in printed and "best epoch 1" in printed
     assert (tmp_path / "manifest.json").exists()
+    assert checkpoint.read_card(str(tmp_path / "runs" / "demo")).epoch == 0
 
 
 def test_validate_command_exits_1_and_writes_the_report_on_bad_input(tmp_path, small_registry):

@@ -1,0 +1,119 @@
+"""Training on the session's local Ray: learning, the published model, worker failure, stop and resume.
+
+A reduced model (quarter width, 64x64 input) keeps each run to a minute or two on two cores. The registry
+has every stage in equal shares: with the source registry's mix a 40-patient validation split holds a handful
+of joints of stages 3-5, so balanced accuracy would swing by chance more than a few epochs can learn.
+"""
+
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import ray
+import torch
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix
+
+from erosion import checkpoint, datasets, storage, synth, training
+from erosion.model import ModelConfig
+from erosion.preprocess import letterbox_batch
+from erosion.split import split_of
+
+SMALL = ModelConfig(input_size=64, width=0.25)
+
+
+@pytest.fixture(scope="module")
+def train_registry(tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = str(tmp_path_factory.mktemp("train-registry"))
+    synth.generate(synth.SynthConfig(patients=40, out=out, seed=5, rows_per_file=1000, class_mix=(1 / 6,) * 6))
+    return out
+
+
+def _config(registry: str, out: str, name: str, **changes) -> training.TrainConfig:
+    labels = datasets.LabelSet(f"{registry}/registry", f"{registry}/ratings")
+    return training.TrainConfig(data=labels, out=out, name=name, batch_size=32, model=SMALL, **changes)
+
+
+def _split(registry: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels and registry-rater stages of one split, read in this process without Ray."""
+    rows = storage.read_table(f"{registry}/registry", ["joint_id", "patient_id", "image"]).to_pandas()
+    ratings = storage.read_table(f"{registry}/ratings").to_pandas()
+    stages = ratings[ratings["rater"] == "registry"].set_index("joint_id")["ratingen"]
+    rows = rows[rows["patient_id"].map(lambda p: split_of(p, 0)) == split]
+    pixels, errors = letterbox_batch(rows["image"].tolist(), SMALL.input_size)
+    assert not any(errors)
+    return pixels, stages.loc[rows["joint_id"]].to_numpy()
+
+
+def _pairs(confusion: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """The (reference, predicted) pairs behind a confusion matrix."""
+    cm = np.array(confusion)
+    reference = np.repeat(np.arange(6), cm.sum(axis=1))
+    predicted = np.concatenate([np.repeat(np.arange(6), row) for row in cm])
+    return reference, predicted
+
+
+def test_training_learns_and_publishes_a_model_that_loads_without_ray(ray_local, train_registry, tmp_path):
+    epochs = 5
+    result = training.train(_config(train_registry, str(tmp_path), "learn", epochs=epochs))
+    history = result.card.history
+    assert [h["epoch"] for h in history] == list(range(epochs))
+    assert result.card.epoch == int(np.argmax([h["val_balanced_accuracy"] for h in history]))
+    assert result.card.train["model"] == {"input_size": 64, "width": 0.25, "dropout": 0.5}
+    assert result.card.preprocess["input_size"] == 64 and result.card.classes == list(range(6))
+
+    # Learning: the last epoch (fixed in advance, so no selection on validation) must beat chance. Chance is a
+    # model whose answers do not depend on the crop: its answers shuffled against the labels give the null
+    # distribution of balanced accuracy on this very split (about 1/6 +- 0.015 here); the bar is its 99.9th
+    # percentile, so a model that learned nothing fails 999 times in 1000.
+    reference, predicted = _pairs(history[-1]["val_confusion"])
+    achieved = balanced_accuracy_score(reference, predicted)
+    assert achieved == pytest.approx(history[-1]["val_balanced_accuracy"])
+    rng = np.random.default_rng(0)
+    null = [balanced_accuracy_score(reference, rng.permutation(predicted)) for _ in range(2000)]
+    bar = float(np.quantile(null, 0.999))
+    print(f"last epoch: validation balanced accuracy {achieved:.3f}, chance's 99.9th percentile {bar:.3f}")
+    assert achieved > bar
+
+    # The published model, loaded without Ray, gives the validation confusion its epoch reported.
+    model, card = checkpoint.load(result.model)
+    assert card.model_version == result.card.model_version
+    pixels, stages = _split(train_registry, "val")
+    with torch.no_grad():
+        scores = model(torch.from_numpy(pixels).unsqueeze(1).float() / 255).argmax(1).numpy()
+    expected = np.array(history[card.epoch]["val_confusion"])
+    assert np.abs(confusion_matrix(stages, scores, labels=range(6)) - expected).sum() <= 0.02 * expected.sum()
+
+
+def test_a_worker_that_dies_is_replaced_and_no_epoch_is_lost(ray_local, train_registry, s3_bucket):
+    config = _config(train_registry, s3_bucket, "faulty", epochs=3, fail_at_epoch=1, max_failures=1)
+    result = training.train(config)
+    history = result.card.history
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert [h["attempt_start_epoch"] for h in history] == [0, 1, 1]  # restarted from epoch 0's checkpoint
+    assert all(h["train_rows"] > 0 and h["val_rows"] > 0 for h in history)
+    _, card = checkpoint.load(f"{s3_bucket}/faulty")
+    assert card == result.card
+
+
+def test_a_stopped_run_resumes_where_it_stopped(ray_local, train_registry, tmp_path):
+    out, name = str(tmp_path), "stopped"
+    command = ["erosion", "train", "--registry", f"{train_registry}/registry", "--ratings"]
+    command += [f"{train_registry}/ratings", "--out", out, "--name", name, "--epochs", "4", "--batch-size", "32"]
+    command += ["--input-size", "64", "--width", "0.25", "--address", ray.get_runtime_context().gcs_address]
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        for line in driver.stdout:
+            if "epoch 2/4" in line or time.monotonic() > deadline:
+                break
+        assert time.monotonic() < deadline, "the first run did not reach epoch 2 in time"
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    result = training.train(_config(train_registry, out, name, epochs=4))
+    history = result.card.history
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+    restarts = sorted({h["attempt_start_epoch"] for h in history})
+    assert restarts[0] == 0 and len(restarts) == 2 and restarts[1] >= 2, restarts
