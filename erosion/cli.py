@@ -14,7 +14,7 @@ from erosion.augment import NO_AUGMENTATION, AugmentConfig
 from erosion.model import ModelConfig
 
 if TYPE_CHECKING:
-    from erosion import training
+    from erosion import scoring, training
 from erosion.split import SPLITS
 
 
@@ -97,6 +97,19 @@ def parser() -> argparse.ArgumentParser:
     _storage_arguments(p)
     p.set_defaults(run=_evaluate)
 
+    p = commands.add_parser("score", help="score a registry with a trained model on Ray Data; scores and Rau scores")
+    p.add_argument("--registry", required=True)
+    p.add_argument("--model", required=True, help="a training run's folder (erosion train's <out>/<name>)")
+    p.add_argument("--out", required=True, help="runs are committed to <out>/<run-id>/")
+    p.add_argument("--run-id", default="", help="default: the start time, UTC (e.g. 20261123T020000Z)")
+    p.add_argument("--batch-size", type=int, default=256, help="crops per model call")
+    p.add_argument("--actors", type=int, default=1, help="model actors")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0)
+    p.add_argument("--cpus-per-actor", type=float, default=0.5)
+    p.add_argument("--address", default=None, help="a Ray cluster to join (default: $RAY_ADDRESS or a local Ray)")
+    _storage_arguments(p)
+    p.set_defaults(run=_score)
+
     p = commands.add_parser("benchmark-train", help="training throughput: bare step, augmented step, Ray Train")
     p.add_argument("--registry", required=True, help="a folder with registry/ and ratings/ (erosion synth)")
     p.add_argument("--out", required=True, help="where the pipeline run writes checkpoints")
@@ -105,6 +118,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--steps", type=int, default=20, help="timed steps of the in-process loops")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the in-process steps (one worker's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="also write the figures here")
@@ -201,6 +215,37 @@ def _print_training(result: training.TrainResult) -> None:
     print(f"    model {card.model_version} in {result.model}")
 
 
+def _score(args: argparse.Namespace) -> int:
+    from erosion import runtime, scoring  # Ray only where a command needs it
+
+    config = scoring.ScoreConfig(
+        registry=args.registry,
+        model=args.model,
+        out=args.out,
+        run_id=args.run_id,
+        batch_size=args.batch_size,
+        actors=args.actors,
+        gpus_per_actor=args.gpus_per_actor,
+        cpus_per_actor=args.cpus_per_actor,
+        options=_options(args),
+    )
+    runtime.init_ray(args.address)
+    _print_scoring(scoring.score(config))
+    return 0
+
+
+def _print_scoring(result: scoring.ScoreResult) -> None:
+    print(
+        f"scored {result.scored} of {result.rows} crops with model {result.model_version}, {result.failed} failed, "
+        f"in {result.seconds:.1f} s ({result.crops_per_s:.0f} crops/s end to end)"
+    )
+    for reason, count in sorted(result.errors.items(), key=lambda item: -item[1]):
+        print(f"    {count} {reason}")
+    for joint_id, error in result.examples[:10]:
+        print(f"    e.g. {joint_id}: {error}")
+    print(f"    Rau scores of {result.visits} visits; run {result.run_id} committed to {result.run}")
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     options = _options(args)
     predicted = evaluate.predict_split(args.model, args.registry, args.split, args.split_seed, options)
@@ -225,6 +270,7 @@ def _benchmark_train(args: argparse.Namespace) -> int:
         out=args.out,
         model=ModelConfig(input_size=args.input_size, width=args.width),
         batch_size=args.batch_size,
+        steps=args.steps,
         workers=args.workers,
         epochs=args.epochs,
         threads=args.threads,
@@ -262,10 +308,10 @@ def _check(registry: str, ratings: str | None, options: storage.StorageOptions) 
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from erosion import datasets, runtime, summary, training  # Ray only where a command needs it
+    from erosion import datasets, runtime, scoring, summary, training  # Ray only where a command needs it
 
     out = args.out or tempfile.mkdtemp(prefix="erosion-demo-")
-    print(f"1/3 synthetic registry: {args.patients} patients, seed {args.seed} -> {out}")
+    print(f"1/4 synthetic registry: {args.patients} patients, seed {args.seed} -> {out}")
     manifest = synth.generate(synth.SynthConfig(patients=args.patients, out=out, seed=args.seed))
     rate = manifest["joints_per_second"]
     print(f"    {manifest['rows']['registry']} joints in {manifest['seconds']} s ({rate} joints/s)")
@@ -273,14 +319,14 @@ def _demo(args: argparse.Namespace) -> int:
     print("    validation: " + ", ".join(f"{r.rows} rows, {len(r.problems)} problems" for r in reports))
     if any(r.problems for r in reports):
         return 1
-    print("2/3 summary on a local Ray (Ray Data)")
+    print("2/4 summary on a local Ray (Ray Data)")
     runtime.init_ray(num_cpus=2)
     s = summary.summarize(f"{out}/registry", f"{out}/ratings", seed=args.seed)
     print(f"    joints {s.joints}, patients {s.patients}, visits {s.visits}")
     print("    class mix (registry rater): " + " / ".join(f"{100 * m:.1f}" for m in s.class_mix) + " %")
     for name in SPLITS:
         print(f"    {name:5s} {s.split_patients[name]:5d} patients {s.split_joints[name]:7d} joints")
-    print(f"3/3 training on Ray Train, 2 CPU workers, {args.epochs} epochs: a reduced model (quarter width, 64x64)")
+    print(f"3/4 training on Ray Train, 2 CPU workers, {args.epochs} epochs: a reduced model (quarter width, 64x64)")
     config = training.TrainConfig(
         data=datasets.LabelSet(f"{out}/registry", f"{out}/ratings", split_seed=args.seed),
         out=f"{out}/runs",
@@ -289,7 +335,10 @@ def _demo(args: argparse.Namespace) -> int:
         batch_size=32,
         model=ModelConfig(input_size=64, width=0.25),
     )
-    _print_training(training.train(config))
+    trained = training.train(config)
+    _print_training(trained)
+    print("4/4 scoring every crop of the registry with it on Ray Data (a pool of model actors)")
+    _print_scoring(scoring.score(scoring.ScoreConfig(f"{out}/registry", trained.model, f"{out}/scores")))
     print(f"done: everything is in {out}")
     return 0
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
-import torch
 
 from erosion import agreement, checkpoint, storage
+from erosion.model import probabilities
 from erosion.preprocess import letterbox_batch
 from erosion.ratings import rater_stages
 from erosion.split import split_of
@@ -42,10 +42,8 @@ def predict_split(
         batch = batch.filter(keep)
         pixels, errors = letterbox_batch(batch["image"].to_pylist(), card.model.input_size)
         ok = np.array([e is None for e in errors], dtype=bool)
-        with torch.no_grad():
-            logits = model(torch.from_numpy(pixels[ok]).unsqueeze(1).float() / 255)
         ids += [j for j, good in zip(batch["joint_id"].to_pylist(), ok, strict=True) if good]
-        stages.append(logits.argmax(1).numpy())
+        stages.append(probabilities(model, pixels[ok]).argmax(1))
     return pd.Series(np.concatenate(stages) if stages else [], index=ids, dtype=np.int64)
 
 

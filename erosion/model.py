@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -58,3 +59,19 @@ class ErosionCNN(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters, as Keras counts them (batch norm's running statistics are not trainable)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def probabilities(model: nn.Module, pixels: np.ndarray) -> np.ndarray:
+    """(N, 6) float32 stage probabilities of (N, S, S) uint8 crops; scaled to [0, 1] on the model's device.
+
+    The model must be in eval mode. On a GPU the batch runs channels-last under bf16 autocast (as in training).
+    """
+    device = next(model.parameters()).device
+    batch = torch.from_numpy(pixels).to(device, non_blocking=True).unsqueeze(1).float().div_(255)
+    with torch.inference_mode():
+        if device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits = model(batch.contiguous(memory_format=torch.channels_last))
+        else:
+            logits = model(batch)
+        return torch.softmax(logits.float(), dim=1).cpu().numpy()

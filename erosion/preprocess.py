@@ -12,19 +12,28 @@ import io
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 INPUT_SIZE = 150
+FORMATS = ("JPEG", "PNG")
+"""The encodings the registry contract admits."""
 
 
 def letterbox(data: bytes, size: int = INPUT_SIZE) -> np.ndarray:
-    """A (size, size) uint8 grey-scale image from an encoded crop; raises ValueError if it cannot be decoded."""
+    """A (size, size) uint8 grey-scale image from an encoded crop.
+
+    Raises ValueError("<reason>: <detail>") when it cannot: empty image, unsupported format, cannot decode image.
+    """
     if not data:
-        raise ValueError("empty image (0 bytes)")
+        raise ValueError("empty image: 0 bytes")
     try:
         with Image.open(io.BytesIO(data)) as image:
+            if image.format not in FORMATS:
+                raise ValueError(f"unsupported format: {image.format} (expected JPEG or PNG)")
             image.load()
             grey = _to_grey(image)
+    except UnidentifiedImageError:
+        raise ValueError(f"cannot decode image: not a JPEG or PNG ({len(data)} bytes)") from None
     except (OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"cannot decode image: {error}") from None
     scale = size / max(grey.size)

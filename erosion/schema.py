@@ -34,6 +34,22 @@ TRUTH = pa.schema(
 )
 """Synthetic registries only: the ground truth behind each crop."""
 
+KEYS = ["joint_id", "patient_id", "visit_date", "sop_iuid", "body_part", "joint"]
+"""The registry's columns other than the image: what every derived table carries."""
+
+SCORES = pa.schema(
+    [field.with_nullable(True) for field in REGISTRY if field.name in KEYS]  # a row with a null key still comes out
+    + [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("probs", pa.list_(pa.float32(), 6)),  # P(stage k), k = 0..5; null for a row with an error
+        pa.field("ratingen_pred", pa.int8()),  # argmax of probs
+        pa.field("ratingen_expected", pa.float32()),  # sum of k * P(stage k)
+        pa.field("error", pa.string()),  # "<reason>: <detail>" for a row that could not be scored, else null
+    ]
+)
+"""Scores, one row per registry row per run: scored, or with its error."""
+
 KEY = "joint_id"
 
 _COMPATIBLE = {

@@ -73,6 +73,16 @@ def read_schema(fs: fsspec.AbstractFileSystem, file: str) -> pa.Schema:
         return pq.read_schema(f)
 
 
+def row_counts(url: str, options: StorageOptions | None = None) -> dict[str, int]:
+    """The number of rows of each Parquet file of a table, from the files' footers (no data is read)."""
+    fs, _ = filesystem(url, options)
+    counts = {}
+    for file in parquet_files(url, options):
+        with fs.open(file, "rb") as f:
+            counts[file] = pq.ParquetFile(f).metadata.num_rows
+    return counts
+
+
 def iter_batches(
     url: str,
     columns: list[str] | None = None,

@@ -37,7 +37,12 @@ def test_rgb_jpeg_becomes_grey():
 
 @pytest.mark.parametrize(
     "data, reason",
-    [(b"", "empty image"), (b"\x00\x01garbage" * 10, "cannot decode image"), (None, "empty image")],
+    [
+        (b"", "empty image"),
+        (b"\x00\x01garbage" * 10, "cannot decode image: not a JPEG or PNG"),
+        (None, "empty image"),
+        (_encode(np.zeros((8, 8), np.uint8), "GIF"), "unsupported format: GIF"),
+    ],
 )
 def test_undecodable_crops_raise_with_a_reason(data, reason):
     with pytest.raises(ValueError, match=reason):

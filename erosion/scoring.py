@@ -1,0 +1,273 @@
+"""Score a whole registry with a trained model on Ray Data; every registry row comes out exactly once.
+
+The pipeline streams: read the registry's Parquet (local or ``s3://``, the key columns and the image) ->
+check and decode each crop in CPU tasks (``preprocess.letterbox``, the function training used), pixels as
+fixed-size binary so that no per-row Python touches them again -> a pool of model actors (``map_batches``
+with a callable class and ``ActorPoolStrategy``, the model loaded once per actor, on a GPU when the actor has
+one) -> Parquet in the scores contract (``schema.SCORES``). A row whose crop cannot be scored (an unknown
+joint, a missing key, an empty, corrupt, truncated or unsupported image) keeps its keys and gets an ``error``.
+
+The scores go to the run's staging folder (``runs.begin``). The driver then counts the rows written against
+the registry's (from the Parquet footers), streams the scores' compact columns once for the per-visit Rau
+scores and the error counts, and commits the run with its manifest (``runs.commit``). A run that fails or is
+killed commits nothing; a row count that does not add up fails the run.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+import torch
+
+from erosion import checkpoint, datasets, domain, rau, runs, schema, storage
+from erosion.model import probabilities
+from erosion.preprocess import letterbox
+
+EXAMPLES = 20  # failed rows named in the result (all of them are in the scores)
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """One scoring run."""
+
+    registry: str  # the registry table (local folder or s3:// URL)
+    model: str  # a checkpoint folder or a training run's folder (erosion train's <out>/<name>)
+    out: str  # runs are committed to <out>/<run_id>/
+    run_id: str = ""  # default: the start time, UTC, e.g. 20261123T020000Z
+    batch_size: int = 256  # crops per model call
+    actors: int = 1  # model actors
+    gpus_per_actor: float = 0.0  # > 0: each actor scores on a GPU (bf16 autocast, channels-last)
+    cpus_per_actor: float = 0.5  # on a small machine, leave CPUs for the read and decode tasks
+    options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
+    crash_decode_once: str | None = None  # for tests: a marker file; the first decode task to miss it dies once
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """What a committed run holds and how it went."""
+
+    run: str  # <out>/<run_id>
+    run_id: str
+    model_version: str
+    rows: int  # registry rows = score rows
+    scored: int
+    failed: int
+    errors: dict[str, int]  # failed rows by reason
+    examples: list[tuple[str, str]]  # (joint_id, error) of the first failed rows
+    visits: int  # rows of the Rau table
+    seconds: float
+
+    @property
+    def crops_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+
+def score(config: ScoreConfig) -> ScoreResult:
+    """Score the registry, write scores and Rau scores, commit the run; Ray must be initialised."""
+    began = time.monotonic()
+    run_id = config.run_id or datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    inputs = _check_registry(config.registry, config.options)
+    card = checkpoint.read_card(config.model, config.options)
+    staging = runs.begin(config.out, run_id, config.options)
+
+    expected = sum(inputs.values())
+    scores = pipeline(config, run_id, card.preprocess["input_size"])
+    fs, path = storage.arrow_filesystem(f"{staging}/scores", config.options)
+    scores.write_parquet(path, filesystem=fs)
+
+    written = sum(storage.row_counts(f"{staging}/scores", config.options).values()) if expected else 0
+    if written != expected:
+        raise RuntimeError(f"run {run_id}: {written} score rows for {expected} registry rows; not committed.")
+    visits, errors, examples = _summarise(f"{staging}/scores", run_id, config.options)
+    with storage.TableWriter(f"{staging}/rau", rau.SCHEMA, options=config.options) as writer:
+        writer.write(visits)
+    failed = sum(errors.values())
+    seconds = time.monotonic() - began
+    manifest = {
+        "run_id": run_id,
+        "kind": "score",
+        "model": config.model,
+        "model_version": card.model_version,
+        "model_epoch": card.epoch,
+        "registry": config.registry,
+        "input_files": inputs,
+        "rows": expected,
+        "scored": expected - failed,
+        "failed": failed,
+        "errors": errors,
+        "visits": visits.num_rows,
+        "outputs": {"scores": "scores/", "rau": "rau/"},
+        "config": dataclasses.asdict(config) | {"run_id": run_id, "crash_decode_once": None},
+        "committed_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 3),
+        "versions": _versions(),
+    }
+    run = runs.commit(config.out, run_id, manifest, config.options)
+    return ScoreResult(
+        run=run,
+        run_id=run_id,
+        model_version=card.model_version,
+        rows=expected,
+        scored=expected - failed,
+        failed=failed,
+        errors=errors,
+        examples=examples,
+        visits=visits.num_rows,
+        seconds=seconds,
+    )
+
+
+def pipeline(config: ScoreConfig, run_id: str, input_size: int) -> ray.data.Dataset:
+    """The lazy Ray Data plan: registry -> checked, decoded crops -> model actors -> rows of ``schema.SCORES``."""
+    rows = datasets.read(config.registry, [*schema.KEYS, "image"], config.options)
+    return model_scores(decoded_crops(rows, input_size, config.crash_decode_once), config, run_id)
+
+
+def decoded_crops(rows: ray.data.Dataset, input_size: int, crash_once: str | None = None) -> ray.data.Dataset:
+    """The key columns, ``pixels`` (fixed-size binary, S*S uint8) and ``error`` (null where the crop is fine)."""
+    return rows.map_batches(
+        _decode,
+        fn_kwargs={"size": input_size, "crash_once": crash_once},
+        batch_format="pyarrow",
+        num_cpus=datasets.TASK_CPUS,
+    )
+
+
+def model_scores(crops: ray.data.Dataset, config: ScoreConfig, run_id: str) -> ray.data.Dataset:
+    """Decoded crops through a pool of model actors: rows of ``schema.SCORES``."""
+    return crops.map_batches(
+        Scorer,
+        fn_constructor_kwargs={
+            "model": config.model,
+            "run_id": run_id,
+            "device": "cuda" if config.gpus_per_actor > 0 else "cpu",
+            "options": config.options,
+        },
+        batch_size=config.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=config.actors, max_size=config.actors),
+        num_gpus=config.gpus_per_actor,
+        num_cpus=config.cpus_per_actor,
+    )
+
+
+class Scorer:
+    """A model actor: loads the checkpoint once, then turns batches of decoded crops into score rows."""
+
+    def __init__(self, model: str, run_id: str, device: str, options: storage.StorageOptions) -> None:
+        self.model, card = checkpoint.load(model, device, options)
+        if device == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.size = card.preprocess["input_size"]
+        self.run_id, self.version = run_id, card.model_version
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        ok = pc.is_null(batch["error"]).to_numpy(zero_copy_only=False)
+        probs = np.zeros((batch.num_rows, domain.NUM_STAGES), dtype=np.float32)
+        if ok.any():
+            probs[ok] = probabilities(self.model, pixel_view(batch["pixels"], self.size)[ok])
+        return score_rows(batch, probs, self.run_id, self.version)
+
+
+def score_rows(batch: pa.Table, probs: np.ndarray, run_id: str, model_version: str) -> pa.Table:
+    """Rows of ``schema.SCORES`` from a batch's keys and errors and the model's probabilities."""
+    failed = pc.is_valid(batch["error"])
+    mask = failed.to_numpy(zero_copy_only=False)
+    n = batch.num_rows
+    columns = [batch[k] for k in schema.KEYS] + [
+        pa.array([run_id] * n, pa.string()),
+        pa.array([model_version] * n, pa.string()),
+        pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), domain.NUM_STAGES, mask=pa.array(mask)),
+        pa.array(probs.argmax(1).astype(np.int8), mask=mask),
+        pa.array((probs @ np.arange(domain.NUM_STAGES, dtype=np.float32)).astype(np.float32), mask=mask),
+        batch["error"],
+    ]
+    return pa.Table.from_arrays(columns, schema=schema.SCORES)
+
+
+def pixel_view(column: pa.ChunkedArray | pa.Array, size: int) -> np.ndarray:
+    """(N, size, size) uint8 view of a fixed-size binary column of pixels, without copying where possible."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    pixels = size * size
+    data = np.frombuffer(array.buffers()[1], dtype=np.uint8)
+    return data[array.offset * pixels : (array.offset + len(array)) * pixels].reshape(-1, size, size)
+
+
+def _decode(batch: pa.Table, size: int, crash_once: str | None) -> pa.Table:
+    """Check and letterbox each crop of a batch; a failure becomes the row's error, never an exception."""
+    if crash_once and not os.path.exists(crash_once):
+        open(crash_once, "w").close()
+        os._exit(1)  # a worker dies mid-task: Ray retries the task
+    keys = {k: batch[k].to_pylist() for k in ("joint_id", "patient_id", "visit_date", "body_part", "joint")}
+    images = batch["image"].to_pylist()
+    pixels = np.zeros((batch.num_rows, size, size), dtype=np.uint8)
+    errors: list[str | None] = []
+    for i, data in enumerate(images):
+        error = row_problem(*(keys[k][i] for k in keys))
+        if error is None:
+            try:
+                pixels[i] = letterbox(data or b"", size)
+            except ValueError as problem:
+                error = str(problem)
+        errors.append(error)
+    buffer = pa.py_buffer(pixels)
+    column = pa.FixedSizeBinaryArray.from_buffers(pa.binary(size * size), batch.num_rows, [None, buffer])
+    return (
+        batch.select(schema.KEYS).append_column("pixels", column).append_column("error", pa.array(errors, pa.string()))
+    )
+
+
+def row_problem(joint_id, patient_id, visit_date, body_part, joint) -> str | None:
+    """Why a registry row cannot be scored whatever its image, as "<reason>: <detail>"; None when it can."""
+    for name, value in (("joint_id", joint_id), ("patient_id", patient_id), ("visit_date", visit_date)):
+        if value is None:
+            return f"missing key: {name} is null"
+    problem = domain.joint_problem(body_part, joint)
+    return None if problem is None else f"invalid joint: {problem}"
+
+
+def _check_registry(url: str, options: storage.StorageOptions) -> dict[str, int]:
+    """Rows per registry file; ValueError naming every file whose schema is not the registry contract's."""
+    fs, _ = storage.filesystem(url, options)
+    counts = storage.row_counts(url, options)
+    problems = [
+        f"{file}: {reason}"
+        for file in counts
+        for _, reason in schema.schema_problems(storage.read_schema(fs, file), schema.REGISTRY)
+    ]
+    if problems:
+        raise ValueError("the registry does not match the contract, nothing was scored:\n  " + "\n  ".join(problems))
+    return counts
+
+
+def _summarise(scores: str, run_id: str, options: storage.StorageOptions) -> tuple[pa.Table, dict[str, int], list]:
+    """One pass over the written scores: the Rau table, failed rows by reason, the first failed rows."""
+    partials, errors, examples = [], collections.Counter(), []
+    for _, _, batch in storage.iter_batches(scores, [*rau.COLUMNS, "joint_id"], 65_536, options):
+        table = pa.Table.from_batches([batch])
+        partials.append(rau.partial(table))
+        failed = table.filter(pc.is_valid(table["error"]))
+        for joint_id, error in zip(failed["joint_id"].to_pylist(), failed["error"].to_pylist(), strict=True):
+            errors[error.split(":", 1)[0]] += 1
+            if len(examples) < EXAMPLES:
+                examples.append((joint_id, error))
+    return rau.combine(partials, run_id), dict(errors), examples
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+        "torch": torch.__version__,
+        "pyarrow": pa.__version__,
+    }

@@ -1,0 +1,212 @@
+"""Scoring on a real local Ray, real Parquet and the loopback S3 server: every row out exactly once, atomically."""
+
+import datetime
+import io
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray
+import torch
+from PIL import Image
+
+from erosion import checkpoint, runs, schema, scoring, storage
+from erosion.model import ErosionCNN, ModelConfig, probabilities
+from erosion.preprocess import letterbox
+
+SMALL = ModelConfig(input_size=64, width=0.25)
+
+
+def _model(folder, config: ModelConfig = SMALL) -> str:
+    """An untrained model's checkpoint (random weights, seeded): scoring does not care how good it is.
+
+    Its batch norms take their statistics from random crops, so that its answers depend on the crop.
+    """
+    torch.manual_seed(1)
+    model = ErosionCNN(config)
+    for layer in model.modules():
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+            layer.momentum = None  # a plain average over the batches below
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(16, 1, config.input_size, config.input_size) ** 2)
+    card = checkpoint.ModelCard("", config, epoch=0, history=[], preprocess=checkpoint.preprocess_settings(config))
+    checkpoint.write(str(folder), model.eval(), card)
+    return str(folder)
+
+
+def _encode(array: np.ndarray, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def _hostile_crops() -> list[tuple[str, str, bytes, str | None]]:
+    """(joint_id, joint, image, expected error reason) for crops a real registry export may hold."""
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 255, (200, 200), dtype=np.uint8)
+    ramp = np.tile(np.linspace(0, 255, 150, dtype=np.uint8), (150, 1))
+    return [
+        ("h/random", "pip1", rng.bytes(3000), "cannot decode image"),
+        ("h/truncated", "pip2", _encode(noise, "JPEG")[:500], "cannot decode image"),
+        ("h/empty", "pip3", b"", "empty image"),
+        ("h/gif", "pip4", _encode(noise, "GIF"), "unsupported format"),
+        ("h/knee", "knee", _encode(ramp, "JPEG"), "invalid joint"),
+        ("h/png16", "pip5", _encode((np.arange(120 * 90).reshape(90, 120) * 6).astype(np.uint16), "PNG"), None),
+        ("h/rgb", "mcp1", _encode(np.dstack([ramp, ramp.T, noise[:150, :150]]), "JPEG"), None),
+        ("h/tiny", "mcp2", _encode(np.array([[0, 128, 255]] * 3, np.uint8), "PNG"), None),
+        ("h/huge", "mcp3", _encode(rng.integers(0, 255, (4000, 4000), dtype=np.uint8), "JPEG", quality=50), None),
+        ("h/wide", "mcp4", _encode(np.tile(ramp[:1], (20, 14)), "JPEG"), None),
+        ("h/plain", "mcp5", _encode(ramp, "PNG"), None),
+    ]
+
+
+def _write_registry(folder, crops, files: int = 2) -> str:
+    rows = {
+        "joint_id": [c[0] for c in crops],
+        "patient_id": ["p1"] * len(crops),
+        "visit_date": [datetime.date(2020, 1, 1)] * len(crops),
+        "sop_iuid": ["s1"] * len(crops),
+        "body_part": ["hand_left"] * len(crops),
+        "joint": [c[1] for c in crops],
+        "image": [c[2] for c in crops],
+    }
+    table = pa.table(rows, schema=schema.REGISTRY)
+    os.makedirs(folder, exist_ok=True)
+    for i, part in enumerate(np.array_split(np.arange(table.num_rows), files)):
+        pq.write_table(table.take(part), f"{folder}/part-{i}.parquet")
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory) -> tuple[str, str]:
+    """A registry of hostile crops and a model: (registry folder, model folder)."""
+    root = tmp_path_factory.mktemp("hostile")
+    return _write_registry(root / "registry", _hostile_crops()), _model(root / "model")
+
+
+@pytest.fixture(scope="module")
+def hostile_run(ray_local, hostile, tmp_path_factory) -> scoring.ScoreResult:
+    registry, model = hostile
+    out = str(tmp_path_factory.mktemp("scores"))
+    return scoring.score(scoring.ScoreConfig(registry, model, out, run_id="hostile", batch_size=4))
+
+
+def test_every_hostile_row_comes_out_once_and_valid_crops_score_as_one_by_one(hostile, hostile_run):
+    crops = {c[0]: c for c in _hostile_crops()}
+    scores = storage.read_table(f"{hostile_run.run}/scores").to_pylist()
+    assert sorted(r["joint_id"] for r in scores) == sorted(crops)  # exactly once each
+    model, card = checkpoint.load(hostile[1])
+    valid = np.array([row["probs"] for row in scores if row["error"] is None])
+    assert len(valid) == 6 and valid.std(axis=0).max() > 0.01  # the answers depend on the crop
+    for row in scores:
+        reason = crops[row["joint_id"]][3]
+        assert row["run_id"] == "hostile" and row["model_version"] == card.model_version
+        if reason is not None:
+            assert row["error"].startswith(reason + ": "), row
+            assert row["probs"] is None and row["ratingen_pred"] is None and row["ratingen_expected"] is None
+            continue
+        assert row["error"] is None, row
+        alone = probabilities(model, letterbox(crops[row["joint_id"]][2], 64)[None])[0]
+        np.testing.assert_allclose(row["probs"], alone, atol=1e-5)
+        assert row["ratingen_pred"] == int(np.argmax(alone))
+        assert row["ratingen_expected"] == pytest.approx(float(np.dot(np.arange(6), alone)), abs=1e-5)
+
+
+def test_the_run_is_committed_with_counts_reasons_and_rau(hostile_run):
+    manifest = runs.manifest(hostile_run.run)
+    assert (manifest["rows"], manifest["scored"], manifest["failed"]) == (11, 6, 5)
+    assert manifest["errors"] == {
+        "cannot decode image": 2,
+        "empty image": 1,
+        "unsupported format": 1,
+        "invalid joint": 1,
+    }
+    assert hostile_run.errors == manifest["errors"] and len(hostile_run.examples) == 5
+    assert sum(manifest["input_files"].values()) == 11 and manifest["model_version"] == hostile_run.model_version
+    scores = storage.read_table(f"{hostile_run.run}/scores")
+    visit = storage.read_table(f"{hostile_run.run}/rau").to_pylist()
+    assert len(visit) == 1
+    stage_sum = int(np.nansum(scores["ratingen_pred"].to_numpy(zero_copy_only=False).astype(float)))
+    assert visit[0]["joints_scored"] == 6 and visit[0]["joints_failed"] == 5 and visit[0]["stage_sum"] == stage_sum
+    assert visit[0]["rau"] == pytest.approx(stage_sum * 38 / 6)
+    assert visit[0]["joints"] == [f"hand_left/{j}" for j in ("mcp1", "mcp2", "mcp3", "mcp4", "mcp5", "pip5")]
+    assert not os.path.exists(os.path.join(os.path.dirname(hostile_run.run), "_staging", "hostile"))
+
+
+def test_scoring_reads_and_writes_s3(hostile, hostile_run, s3_bucket):
+    registry, model = hostile
+    fs, _ = storage.filesystem(s3_bucket)
+    fs.put(registry, f"{s3_bucket[5:]}/registry", recursive=True)
+    fs.put(model, f"{s3_bucket[5:]}/model", recursive=True)
+    config = scoring.ScoreConfig(f"{s3_bucket}/registry", f"{s3_bucket}/model", f"{s3_bucket}/runs", run_id="s3")
+    result = scoring.score(config)
+    assert result.run == f"{s3_bucket}/runs/s3" and runs.manifest(result.run)["rows"] == 11
+    remote = storage.read_table(f"{result.run}/scores").sort_by("joint_id")
+    local = storage.read_table(f"{hostile_run.run}/scores").sort_by("joint_id")
+    floats = ["run_id", "probs", "ratingen_expected"]  # batches of another size round differently
+    assert remote.drop_columns(floats).equals(local.drop_columns(floats))
+    for column in floats[1:]:
+        for a, b in zip(remote[column].to_pylist(), local[column].to_pylist(), strict=True):
+            assert (a is None and b is None) or np.allclose(a, b, atol=1e-5), (column, a, b)
+    assert storage.read_table(f"{result.run}/rau").num_rows == 1
+    assert not fs.exists(f"{s3_bucket[5:]}/runs/_staging/s3")
+
+
+def test_a_retried_task_neither_drops_nor_duplicates_a_row(ray_local, small_registry, hostile, tmp_path):
+    marker = tmp_path / "crashed"
+    config = scoring.ScoreConfig(
+        f"{small_registry}/registry", hostile[1], str(tmp_path / "out"), run_id="r", crash_decode_once=str(marker)
+    )
+    result = scoring.score(config)
+    assert marker.exists()  # a decode task's worker died once, and Ray ran the task again
+    ids = storage.read_table(f"{result.run}/scores", ["joint_id"])["joint_id"].to_pylist()
+    expected = storage.read_table(f"{small_registry}/registry", ["joint_id"])["joint_id"].to_pylist()
+    assert sorted(ids) == sorted(expected) and result.failed == 0
+
+
+def test_a_registry_of_the_wrong_schema_is_refused_before_any_work(ray_local, hostile, tmp_path):
+    table = pq.read_table(f"{hostile[0]}/part-0.parquet").drop_columns(["image"])
+    os.makedirs(tmp_path / "bad")
+    pq.write_table(table, tmp_path / "bad" / "part-0.parquet")
+    shutil.copy(f"{hostile[0]}/part-1.parquet", tmp_path / "bad" / "part-1.parquet")
+    with pytest.raises(ValueError, match=r"part-0.parquet: missing column 'image'"):
+        scoring.score(scoring.ScoreConfig(str(tmp_path / "bad"), hostile[1], str(tmp_path / "out"), run_id="x"))
+    assert not (tmp_path / "out" / "x").exists()
+
+
+def test_a_killed_run_commits_nothing_and_the_rerun_commits_everything(ray_local, small_registry, tmp_path):
+    registry = tmp_path / "registry"
+    os.makedirs(registry)
+    for name in ("part-00000.parquet", "part-00001.parquet"):  # 400 rows
+        shutil.copy(f"{small_registry}/registry/{name}", registry / name)
+    model = _model(tmp_path / "paper", ModelConfig())  # the paper's model: slow on CPU, so the kill lands mid-run
+    out = tmp_path / "out"
+    command = ["erosion", "score", "--registry", str(registry), "--model", model, "--out", str(out)]
+    command += ["--run-id", "night", "--batch-size", "16", "--address", ray.get_runtime_context().gcs_address]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    staged = out / "_staging" / "night" / "scores"
+    try:
+        deadline = time.monotonic() + 180
+        while not (staged.exists() and any(staged.glob("*.parquet"))) and time.monotonic() < deadline:
+            assert driver.poll() is None, "the scoring run ended before it could be killed"
+            time.sleep(0.05)
+        assert time.monotonic() < deadline, "no scores were staged in time"
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    assert not (out / "night").exists()  # some scores were written, but only to staging: nothing committed
+    with pytest.raises(FileNotFoundError, match="not a committed run"):
+        runs.manifest(str(out / "night"))
+
+    result = scoring.score(scoring.ScoreConfig(str(registry), model, str(out), run_id="night", batch_size=64))
+    assert runs.manifest(result.run)["rows"] == 400 and result.scored == 400
+    ids = storage.read_table(f"{result.run}/scores", ["joint_id"])["joint_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == 400
+    assert not (out / "_staging" / "night").exists()
