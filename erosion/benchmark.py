@@ -1,4 +1,6 @@
-"""Training throughput, measured side by side in one run: bare model step, step with augmentation, Ray Train.
+"""Throughput of training and of scoring, each measured side by side in one run.
+
+Training (``train_throughput``):
 
 - bare: forward + backward + Adam step on batches already on the device, already scaled to [0, 1];
 - augmented: the same batches from uint8, scaled and augmented on the device, then the same step;
@@ -8,22 +10,38 @@
 The ratios say what augmentation and the data path cost against the model alone. The bare and augmented
 steps run in this process with as many threads as one worker gets (``threads``), on the same batch of real
 crops, through the training loop's own step function.
+
+Scoring (``score_throughput``), at each registry size (the registry is a source registry's rows repeated under
+new joint ids, so that sizes differ by rows and nothing else):
+
+- end to end: ``scoring.score``, the whole run from start-up to commit (Rau scores and manifest included);
+- pipeline: the same plan (read, decode, model actors) without the write, in steady state (from its first batch);
+- model only: the same actor pool (``scoring.model_scores``) on crops already decoded and in memory, steady state;
+- decode only: the registry read and decoded by the same CPU tasks (``scoring.decoded_crops``), no model;
+- naive: one process, a PyTorch DataLoader over the Parquet files, decode and model in turn;
+- peak memory (RSS) of the driver and of the largest Ray worker during the end-to-end run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
+import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
 import torch
 
-from erosion import datasets, storage, training
+from erosion import checkpoint, datasets, schema, scoring, storage, training
 from erosion.augment import AugmentConfig
 from erosion.model import ErosionCNN, ModelConfig
-from erosion.preprocess import letterbox_batch
+from erosion.preprocess import letterbox, letterbox_batch
 
 
 @dataclass(frozen=True)
@@ -106,3 +124,161 @@ def _step_rate(
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+@dataclass(frozen=True)
+class ScoreBenchConfig:
+    """What to measure; the model decides the speed (on CPU, use a reduced one and say so)."""
+
+    registry: str  # a source registry table; its rows are repeated to each size
+    model: str  # a checkpoint or a training run's folder
+    out: str  # where the sized registries and the runs go
+    sizes: tuple[int, ...] = (10_000, 100_000)
+    model_only_rows: int = 20_000
+    scoring: dict = field(default_factory=dict)  # ScoreConfig settings: batch_size, actors, cpus_per_actor, ...
+
+
+def score_throughput(config: ScoreBenchConfig) -> dict:
+    """Measure end-to-end, model-only, decode-only and naive rates and peak memory; Ray must be initialised."""
+    card = checkpoint.read_card(config.model)
+    size = card.preprocess["input_size"]
+    settings = {"batch_size": 256, "actors": 1, "cpus_per_actor": 0.5} | config.scoring
+    figures: dict = {
+        "setting": dataclasses.asdict(config)
+        | {"scoring": settings, "model": dataclasses.asdict(card.model), "machine": platform.machine()},
+        "cpus": os.cpu_count(),
+    }
+    source = storage.read_table(config.registry, [*schema.KEYS, "image"]).slice(0, 2_000)
+    figures["model_only_crops_per_s"] = _model_only(config, settings, source, size)
+    for rows in config.sizes:
+        registry = _sized_registry(source, rows, f"{config.out}/registry-{rows}")
+        run = scoring.ScoreConfig(registry, config.model, f"{config.out}/runs", run_id=f"bench-{rows}", **settings)
+        with _PeakMemory() as memory:
+            result = scoring.score(run)
+        figures[str(rows)] = {
+            "end_to_end_crops_per_s": result.crops_per_s,
+            "end_to_end_seconds": result.seconds,
+            "pipeline_crops_per_s": _pipeline(registry, config.model, settings, size, rows),
+            "decode_only_crops_per_s": _decode_only(registry, size, rows),
+            "naive_crops_per_s": _naive(registry, config.model, min(rows, 5_000)),
+            "driver_peak_rss_mb": memory.driver_mb,
+            "largest_worker_peak_rss_mb": memory.worker_mb,
+        }
+        rates = figures[str(rows)]
+        rates["pipeline_over_model_only"] = rates["pipeline_crops_per_s"] / figures["model_only_crops_per_s"]
+        rates["end_to_end_over_model_only"] = rates["end_to_end_crops_per_s"] / figures["model_only_crops_per_s"]
+        rates["end_to_end_over_naive"] = rates["end_to_end_crops_per_s"] / rates["naive_crops_per_s"]
+    if len(config.sizes) > 1:
+        small, large = (figures[str(n)] for n in (config.sizes[0], config.sizes[-1]))
+        for key in ("driver_peak_rss_mb", "largest_worker_peak_rss_mb"):
+            figures[f"{key}_growth"] = large[key] / small[key] - 1
+    return figures
+
+
+def _sized_registry(source: pa.Table, rows: int, url: str, rows_per_file: int = 5_000) -> str:
+    """``rows`` registry rows: the source's rows over and over, each copy under new joint ids."""
+    fs, path = storage.filesystem(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    fs.makedirs(path, exist_ok=True)
+    for start in range(0, rows, rows_per_file):
+        take = np.arange(start, min(rows, start + rows_per_file)) % source.num_rows
+        part = source.take(pa.array(take))
+        ids = pa.array([f"bench/{start + i}" for i in range(len(take))])
+        part = part.set_column(0, "joint_id", ids).cast(schema.REGISTRY)
+        with fs.open(f"{path}/part-{start // rows_per_file:05d}.parquet", "wb") as f:
+            pq.write_table(part, f)
+    return url
+
+
+def _model_only(config: ScoreBenchConfig, settings: dict, source: pa.Table, size: int) -> float:
+    """The actor pool alone: decoded crops already in the object store, through ``scoring.model_scores``."""
+    crops = scoring.decode_batch(source, size)
+    repeats = -(-config.model_only_rows // crops.num_rows)
+    table = pa.concat_tables([crops] * repeats).slice(0, config.model_only_rows)
+    blocks = ray.data.from_arrow([table.slice(i, 2_000) for i in range(0, table.num_rows, 2_000)]).materialize()
+    run = scoring.ScoreConfig("", config.model, "", **settings)
+    return _steady_rate(scoring.model_scores(blocks, run, "bench"), config.model_only_rows)
+
+
+def _pipeline(registry: str, model: str, settings: dict, size: int, rows: int) -> float:
+    """The scoring pipeline itself (read, decode, model actors), without writing."""
+    run = scoring.ScoreConfig(registry, model, "", **settings)
+    return _steady_rate(scoring.pipeline(run, "bench", size), rows)
+
+
+def _decode_only(registry: str, size: int, rows: int) -> float:
+    """The registry read and decoded by the scoring pipeline's CPU tasks, no model."""
+    return _steady_rate(scoring.decoded_crops(datasets.read(registry, [*schema.KEYS, "image"]), size), rows)
+
+
+def _steady_rate(dataset: ray.data.Dataset, rows: int) -> float:
+    """Rows per second once the first batch has come out: start-up (actors, model loading) left out."""
+    count, first, began = 0, 0, 0.0
+    for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+        if not began:
+            first, began = batch.num_rows, time.perf_counter()
+        count += batch.num_rows
+    if count != rows:
+        raise RuntimeError(f"{count} rows came out of {rows}.")
+    return (count - first) / (time.perf_counter() - began)
+
+
+class _Crops(torch.utils.data.IterableDataset):
+    """The naive baseline's dataset: one Parquet batch after another, each crop decoded on its own."""
+
+    def __init__(self, registry: str, size: int, rows: int) -> None:
+        self.registry, self.size, self.rows = registry, size, rows
+
+    def __iter__(self):
+        left = self.rows
+        for _, _, batch in storage.iter_batches(self.registry, ["image"], 256):
+            for data in batch["image"].to_pylist()[:left]:
+                try:
+                    yield torch.from_numpy(letterbox(data, self.size))
+                except ValueError:
+                    continue
+            left -= min(left, batch.num_rows)
+            if not left:
+                return
+
+
+def _naive(registry: str, model_url: str, rows: int) -> float:
+    """One process: a DataLoader (no worker processes) decodes, then the model scores, batch after batch."""
+    model, card = checkpoint.load(model_url)
+    loader = torch.utils.data.DataLoader(_Crops(registry, card.preprocess["input_size"], rows), batch_size=256)
+    began, count = time.perf_counter(), 0
+    with torch.inference_mode():
+        for batch in loader:
+            model(batch.unsqueeze(1).float() / 255).softmax(1)
+            count += len(batch)
+    return count / (time.perf_counter() - began)
+
+
+class _PeakMemory:
+    """Samples the resident memory of this process (the driver) and of every Ray worker, keeping the peaks."""
+
+    def __init__(self, every: float = 0.2) -> None:
+        self.every, self.driver_mb, self.worker_mb = every, 0.0, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> _PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            self.driver_mb = max(self.driver_mb, me.memory_info().rss / 2**20)
+            for process in me.children(recursive=True):  # the local Ray this process started
+                try:
+                    if process.name().startswith("ray::"):
+                        self.worker_mb = max(self.worker_mb, process.memory_info().rss / 2**20)
+                except psutil.NoSuchProcess:
+                    continue
+            self._stop.wait(self.every)

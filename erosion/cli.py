@@ -124,6 +124,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the figures here")
     p.set_defaults(run=_benchmark_train)
 
+    p = commands.add_parser("benchmark-score", help="scoring throughput: end to end, model only, decode only, naive")
+    p.add_argument("--registry", required=True, help="a source registry table; its rows are repeated to each size")
+    p.add_argument("--model", required=True, help="a training run's folder or checkpoint")
+    p.add_argument("--out", required=True, help="where the sized registries and the runs go")
+    p.add_argument("--sizes", default="10000,100000", help="comma-separated registry sizes")
+    p.add_argument("--model-only-rows", type=int, default=20_000)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--actors", type=int, default=1)
+    p.add_argument("--gpus-per-actor", type=float, default=0.0)
+    p.add_argument("--cpus-per-actor", type=float, default=0.5)
+    p.add_argument("--json", default=None, help="also write the figures here")
+    p.set_defaults(run=_benchmark_score)
+
     p = commands.add_parser("demo", help="the whole job on a synthetic registry and a local Ray")
     p.add_argument("--patients", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
@@ -277,12 +290,40 @@ def _benchmark_train(args: argparse.Namespace) -> int:
         device=args.device,
     )
     runtime.init_ray()
-    figures = benchmark.train_throughput(config)
-    for key, value in figures.items():
-        print(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")
-    if args.json:
-        storage.write_json(args.json, figures)
+    _print_figures(benchmark.train_throughput(config), args.json)
     return 0
+
+
+def _benchmark_score(args: argparse.Namespace) -> int:
+    from erosion import benchmark, runtime  # Ray only where a command needs it
+
+    config = benchmark.ScoreBenchConfig(
+        registry=args.registry,
+        model=args.model,
+        out=args.out,
+        sizes=tuple(int(n) for n in args.sizes.split(",")),
+        model_only_rows=args.model_only_rows,
+        scoring={
+            "batch_size": args.batch_size,
+            "actors": args.actors,
+            "gpus_per_actor": args.gpus_per_actor,
+            "cpus_per_actor": args.cpus_per_actor,
+        },
+    )
+    runtime.init_ray()
+    _print_figures(benchmark.score_throughput(config), args.json)
+    return 0
+
+
+def _print_figures(figures: dict, json_url: str | None, indent: str = "") -> None:
+    for key, value in figures.items():
+        if isinstance(value, dict) and key != "setting":
+            print(f"{indent}{key}:")
+            _print_figures(value, None, indent + "    ")
+        else:
+            print(f"{indent}{key}: {value:.3f}" if isinstance(value, float) else f"{indent}{key}: {value}")
+    if json_url:
+        storage.write_json(json_url, figures)
 
 
 def _validate(args: argparse.Namespace) -> int:

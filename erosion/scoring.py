@@ -136,7 +136,7 @@ def pipeline(config: ScoreConfig, run_id: str, input_size: int) -> ray.data.Data
 def decoded_crops(rows: ray.data.Dataset, input_size: int, crash_once: str | None = None) -> ray.data.Dataset:
     """The key columns, ``pixels`` (fixed-size binary, S*S uint8) and ``error`` (null where the crop is fine)."""
     return rows.map_batches(
-        _decode,
+        decode_batch,
         fn_kwargs={"size": input_size, "crash_once": crash_once},
         batch_format="pyarrow",
         num_cpus=datasets.TASK_CPUS,
@@ -203,8 +203,8 @@ def pixel_view(column: pa.ChunkedArray | pa.Array, size: int) -> np.ndarray:
     return data[array.offset * pixels : (array.offset + len(array)) * pixels].reshape(-1, size, size)
 
 
-def _decode(batch: pa.Table, size: int, crash_once: str | None) -> pa.Table:
-    """Check and letterbox each crop of a batch; a failure becomes the row's error, never an exception."""
+def decode_batch(batch: pa.Table, size: int, crash_once: str | None = None) -> pa.Table:
+    """Check and letterbox each crop of a batch: keys, ``pixels`` and ``error`` (the failure, never an exception)."""
     if crash_once and not os.path.exists(crash_once):
         open(crash_once, "w").close()
         os._exit(1)  # a worker dies mid-task: Ray retries the task
