@@ -15,11 +15,11 @@ Scoring (``score_throughput``), at each registry size (the registry is a source 
 new joint ids, so that sizes differ by rows and nothing else):
 
 - end to end: ``scoring.score``, the whole run from start-up to commit (Rau scores and manifest included);
-- pipeline: the same plan (read, decode, model actors) without the write, in steady state (from its first batch);
-- model only: the same actor pool (``scoring.model_scores``) on crops already decoded and in memory, steady state;
+- pipeline: the same plan (read, decode, model actors) without the write;
+- model only: the same actor pool (``scoring.model_scores``) on as many crops, already decoded and in memory;
 - decode only: the registry read and decoded by the same CPU tasks (``scoring.decoded_crops``), no model;
 - naive: one process, a PyTorch DataLoader over the Parquet files, decode and model in turn;
-- peak memory (RSS) of the driver and of the largest Ray worker during the end-to-end run.
+- peak private memory (USS) of the driver and of the largest Ray worker during the end-to-end run.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
-from erosion import checkpoint, datasets, schema, scoring, storage, training
+from erosion import checkpoint, datasets, decoding, schema, scoring, storage, training
 from erosion.augment import AugmentConfig
 from erosion.model import ErosionCNN, ModelConfig
 from erosion.preprocess import letterbox, letterbox_batch
@@ -134,12 +134,17 @@ class ScoreBenchConfig:
     model: str  # a checkpoint or a training run's folder
     out: str  # where the sized registries and the runs go
     sizes: tuple[int, ...] = (10_000, 100_000)
-    model_only_rows: int = 20_000
+    model_only_rows: int = 100_000  # at most this many in-memory crops for the model-only rate
+    naive_rows: int = 5_000
     scoring: dict = field(default_factory=dict)  # ScoreConfig settings: batch_size, actors, cpus_per_actor, ...
 
 
 def score_throughput(config: ScoreBenchConfig) -> dict:
-    """Measure end-to-end, model-only, decode-only and naive rates and peak memory; Ray must be initialised."""
+    """Measure end-to-end, pipeline, model-only, decode-only and naive rates and peak memory at each size.
+
+    Every rate is rows / wall time of the whole execution, start-up included (actors starting, the model
+    loading); ``model_only_startup_s`` is how long the model-only run took to its first batch.
+    """
     card = checkpoint.read_card(config.model)
     size = card.preprocess["input_size"]
     settings = {"batch_size": 256, "actors": 1, "cpus_per_actor": 0.5} | config.scoring
@@ -149,28 +154,30 @@ def score_throughput(config: ScoreBenchConfig) -> dict:
         "cpus": os.cpu_count(),
     }
     source = storage.read_table(config.registry, [*schema.KEYS, "image"]).slice(0, 2_000)
-    figures["model_only_crops_per_s"] = _model_only(config, settings, source, size)
+    crops = decoding.decode_batch(source, size)
     for rows in config.sizes:
         registry = _sized_registry(source, rows, f"{config.out}/registry-{rows}")
         run = scoring.ScoreConfig(registry, config.model, f"{config.out}/runs", run_id=f"bench-{rows}", **settings)
         with _PeakMemory() as memory:
             result = scoring.score(run)
-        figures[str(rows)] = {
+        model_only, startup = _model_only(crops, min(rows, config.model_only_rows), run)
+        figures[str(rows)] = rates = {
             "end_to_end_crops_per_s": result.crops_per_s,
             "end_to_end_seconds": result.seconds,
-            "pipeline_crops_per_s": _pipeline(registry, config.model, settings, size, rows),
-            "decode_only_crops_per_s": _decode_only(registry, size, rows),
-            "naive_crops_per_s": _naive(registry, config.model, min(rows, 5_000)),
-            "driver_peak_rss_mb": memory.driver_mb,
-            "largest_worker_peak_rss_mb": memory.worker_mb,
+            "pipeline_crops_per_s": _rate(scoring.pipeline(run, "bench", size), rows),
+            "model_only_crops_per_s": model_only,
+            "model_only_startup_s": startup,
+            "decode_only_crops_per_s": _rate(scoring.decoded_crops(_read(registry), size), rows),
+            "naive_crops_per_s": _naive(registry, config.model, min(rows, config.naive_rows)),
+            "driver_peak_uss_mb": memory.driver_mb,
+            "largest_worker_peak_uss_mb": memory.worker_mb,
         }
-        rates = figures[str(rows)]
-        rates["pipeline_over_model_only"] = rates["pipeline_crops_per_s"] / figures["model_only_crops_per_s"]
-        rates["end_to_end_over_model_only"] = rates["end_to_end_crops_per_s"] / figures["model_only_crops_per_s"]
+        rates["pipeline_over_model_only"] = rates["pipeline_crops_per_s"] / model_only
+        rates["end_to_end_over_model_only"] = rates["end_to_end_crops_per_s"] / model_only
         rates["end_to_end_over_naive"] = rates["end_to_end_crops_per_s"] / rates["naive_crops_per_s"]
     if len(config.sizes) > 1:
         small, large = (figures[str(n)] for n in (config.sizes[0], config.sizes[-1]))
-        for key in ("driver_peak_rss_mb", "largest_worker_peak_rss_mb"):
+        for key in ("driver_peak_uss_mb", "largest_worker_peak_uss_mb"):
             figures[f"{key}_growth"] = large[key] / small[key] - 1
     return figures
 
@@ -191,37 +198,30 @@ def _sized_registry(source: pa.Table, rows: int, url: str, rows_per_file: int = 
     return url
 
 
-def _model_only(config: ScoreBenchConfig, settings: dict, source: pa.Table, size: int) -> float:
-    """The actor pool alone: decoded crops already in the object store, through ``scoring.model_scores``."""
-    crops = scoring.decode_batch(source, size)
-    repeats = -(-config.model_only_rows // crops.num_rows)
-    table = pa.concat_tables([crops] * repeats).slice(0, config.model_only_rows)
-    blocks = ray.data.from_arrow([table.slice(i, 2_000) for i in range(0, table.num_rows, 2_000)]).materialize()
-    run = scoring.ScoreConfig("", config.model, "", **settings)
-    return _steady_rate(scoring.model_scores(blocks, run, "bench"), config.model_only_rows)
+def _read(registry: str) -> ray.data.Dataset:
+    return datasets.read(registry, [*schema.KEYS, "image"])
 
 
-def _pipeline(registry: str, model: str, settings: dict, size: int, rows: int) -> float:
-    """The scoring pipeline itself (read, decode, model actors), without writing."""
-    run = scoring.ScoreConfig(registry, model, "", **settings)
-    return _steady_rate(scoring.pipeline(run, "bench", size), rows)
-
-
-def _decode_only(registry: str, size: int, rows: int) -> float:
-    """The registry read and decoded by the scoring pipeline's CPU tasks, no model."""
-    return _steady_rate(scoring.decoded_crops(datasets.read(registry, [*schema.KEYS, "image"]), size), rows)
-
-
-def _steady_rate(dataset: ray.data.Dataset, rows: int) -> float:
-    """Rows per second once the first batch has come out: start-up (actors, model loading) left out."""
-    count, first, began = 0, 0, 0.0
-    for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-        if not began:
-            first, began = batch.num_rows, time.perf_counter()
+def _model_only(crops: pa.Table, rows: int, run: scoring.ScoreConfig) -> tuple[float, float]:
+    """The actor pool alone on decoded crops already in the object store: (crops/s, seconds to first batch)."""
+    table = pa.concat_tables([crops] * -(-rows // crops.num_rows)).slice(0, rows)
+    blocks = ray.data.from_arrow([table.slice(i, 2_000) for i in range(0, rows, 2_000)]).materialize()
+    began, first, count = time.perf_counter(), 0.0, 0
+    for batch in scoring.model_scores(blocks, run, "bench").iter_batches(batch_format="pyarrow", batch_size=None):
+        first = first or time.perf_counter() - began
         count += batch.num_rows
     if count != rows:
         raise RuntimeError(f"{count} rows came out of {rows}.")
-    return (count - first) / (time.perf_counter() - began)
+    return rows / (time.perf_counter() - began), first
+
+
+def _rate(dataset: ray.data.Dataset, rows: int) -> float:
+    """Rows per second of a whole execution, consumed batch by batch and dropped."""
+    began = time.perf_counter()
+    count = sum(b.num_rows for b in dataset.iter_batches(batch_format="pyarrow", batch_size=None))
+    if count != rows:
+        raise RuntimeError(f"{count} rows came out of {rows}.")
+    return rows / (time.perf_counter() - began)
 
 
 class _Crops(torch.utils.data.IterableDataset):
@@ -256,9 +256,9 @@ def _naive(registry: str, model_url: str, rows: int) -> float:
 
 
 class _PeakMemory:
-    """Samples the resident memory of this process (the driver) and of every Ray worker, keeping the peaks."""
+    """Samples the private memory (USS: not the shared object store) of this process and of every Ray worker."""
 
-    def __init__(self, every: float = 0.2) -> None:
+    def __init__(self, every: float = 0.5) -> None:
         self.every, self.driver_mb, self.worker_mb = every, 0.0, 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -274,11 +274,11 @@ class _PeakMemory:
     def _sample(self) -> None:
         me = psutil.Process()
         while not self._stop.is_set():
-            self.driver_mb = max(self.driver_mb, me.memory_info().rss / 2**20)
+            self.driver_mb = max(self.driver_mb, me.memory_full_info().uss / 2**20)
             for process in me.children(recursive=True):  # the local Ray this process started
                 try:
                     if process.name().startswith("ray::"):
-                        self.worker_mb = max(self.worker_mb, process.memory_info().rss / 2**20)
-                except psutil.NoSuchProcess:
+                        self.worker_mb = max(self.worker_mb, process.memory_full_info().uss / 2**20)
+                except psutil.Error:
                     continue
             self._stop.wait(self.every)

@@ -129,7 +129,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a training run's folder or checkpoint")
     p.add_argument("--out", required=True, help="where the sized registries and the runs go")
     p.add_argument("--sizes", default="10000,100000", help="comma-separated registry sizes")
-    p.add_argument("--model-only-rows", type=int, default=20_000)
+    p.add_argument("--model-only-rows", type=int, default=100_000, help="at most this many for the model-only rate")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--actors", type=int, default=1)
     p.add_argument("--gpus-per-actor", type=float, default=0.0)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from erosion import agreement, checkpoint, storage
@@ -38,7 +39,7 @@ def predict_split(
     model, card = checkpoint.load(model_url, options=options)
     ids, stages = [], []
     for _, _, batch in storage.iter_batches(registry, ["joint_id", "patient_id", "image"], 256, options):
-        keep = pc.equal(pc.array([split_of(p, split_seed) for p in batch["patient_id"].to_pylist()]), split)
+        keep = pc.equal(pa.array([split_of(p, split_seed) for p in batch["patient_id"].to_pylist()]), split)
         batch = batch.filter(keep)
         pixels, errors = letterbox_batch(batch["image"].to_pylist(), card.model.input_size)
         ok = np.array([e is None for e in errors], dtype=bool)

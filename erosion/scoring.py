@@ -5,7 +5,8 @@ check and decode each crop in CPU tasks (``preprocess.letterbox``, the function 
 fixed-size binary so that no per-row Python touches them again -> a pool of model actors (``map_batches``
 with a callable class and ``ActorPoolStrategy``, the model loaded once per actor, on a GPU when the actor has
 one) -> Parquet in the scores contract (``schema.SCORES``). A row whose crop cannot be scored (an unknown
-joint, a missing key, an empty, corrupt, truncated or unsupported image) keeps its keys and gets an ``error``.
+joint, a missing key, an empty, corrupt, truncated or unsupported image) keeps its keys and gets an ``error``
+(``erosion.decoding``, which keeps torch out of the decode workers).
 
 The scores go to the run's staging folder (``runs.begin``). The driver then counts the rows written against
 the registry's (from the Parquet footers), streams the scores' compact columns once for the per-visit Rau
@@ -18,7 +19,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
-import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -29,9 +29,8 @@ import pyarrow.compute as pc
 import ray
 import torch
 
-from erosion import checkpoint, datasets, domain, rau, runs, schema, storage
+from erosion import checkpoint, datasets, decoding, domain, rau, runs, schema, storage
 from erosion.model import probabilities
-from erosion.preprocess import letterbox
 
 EXAMPLES = 20  # failed rows named in the result (all of them are in the scores)
 
@@ -136,7 +135,7 @@ def pipeline(config: ScoreConfig, run_id: str, input_size: int) -> ray.data.Data
 def decoded_crops(rows: ray.data.Dataset, input_size: int, crash_once: str | None = None) -> ray.data.Dataset:
     """The key columns, ``pixels`` (fixed-size binary, S*S uint8) and ``error`` (null where the crop is fine)."""
     return rows.map_batches(
-        decode_batch,
+        decoding.decode_batch,
         fn_kwargs={"size": input_size, "crash_once": crash_once},
         batch_format="pyarrow",
         num_cpus=datasets.TASK_CPUS,
@@ -175,7 +174,7 @@ class Scorer:
         ok = pc.is_null(batch["error"]).to_numpy(zero_copy_only=False)
         probs = np.zeros((batch.num_rows, domain.NUM_STAGES), dtype=np.float32)
         if ok.any():
-            probs[ok] = probabilities(self.model, pixel_view(batch["pixels"], self.size)[ok])
+            probs[ok] = probabilities(self.model, decoding.pixel_view(batch["pixels"], self.size)[ok])
         return score_rows(batch, probs, self.run_id, self.version)
 
 
@@ -193,47 +192,6 @@ def score_rows(batch: pa.Table, probs: np.ndarray, run_id: str, model_version: s
         batch["error"],
     ]
     return pa.Table.from_arrays(columns, schema=schema.SCORES)
-
-
-def pixel_view(column: pa.ChunkedArray | pa.Array, size: int) -> np.ndarray:
-    """(N, size, size) uint8 view of a fixed-size binary column of pixels, without copying where possible."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    pixels = size * size
-    data = np.frombuffer(array.buffers()[1], dtype=np.uint8)
-    return data[array.offset * pixels : (array.offset + len(array)) * pixels].reshape(-1, size, size)
-
-
-def decode_batch(batch: pa.Table, size: int, crash_once: str | None = None) -> pa.Table:
-    """Check and letterbox each crop of a batch: keys, ``pixels`` and ``error`` (the failure, never an exception)."""
-    if crash_once and not os.path.exists(crash_once):
-        open(crash_once, "w").close()
-        os._exit(1)  # a worker dies mid-task: Ray retries the task
-    keys = {k: batch[k].to_pylist() for k in ("joint_id", "patient_id", "visit_date", "body_part", "joint")}
-    images = batch["image"].to_pylist()
-    pixels = np.zeros((batch.num_rows, size, size), dtype=np.uint8)
-    errors: list[str | None] = []
-    for i, data in enumerate(images):
-        error = row_problem(*(keys[k][i] for k in keys))
-        if error is None:
-            try:
-                pixels[i] = letterbox(data or b"", size)
-            except ValueError as problem:
-                error = str(problem)
-        errors.append(error)
-    buffer = pa.py_buffer(pixels)
-    column = pa.FixedSizeBinaryArray.from_buffers(pa.binary(size * size), batch.num_rows, [None, buffer])
-    return (
-        batch.select(schema.KEYS).append_column("pixels", column).append_column("error", pa.array(errors, pa.string()))
-    )
-
-
-def row_problem(joint_id, patient_id, visit_date, body_part, joint) -> str | None:
-    """Why a registry row cannot be scored whatever its image, as "<reason>: <detail>"; None when it can."""
-    for name, value in (("joint_id", joint_id), ("patient_id", patient_id), ("visit_date", visit_date)):
-        if value is None:
-            return f"missing key: {name} is null"
-    problem = domain.joint_problem(body_part, joint)
-    return None if problem is None else f"invalid joint: {problem}"
 
 
 def _check_registry(url: str, options: storage.StorageOptions) -> dict[str, int]:

@@ -1,8 +1,8 @@
-"""Entrypoint for `ray job submit -- python jobs/benchmark.py --registry ... --out ...`: training throughput."""
+"""Entrypoint for `ray job submit -- python jobs/benchmark.py {train|score} ...`: the throughput benchmarks."""
 
 import sys
 
 from erosion.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["benchmark-train", *sys.argv[1:]]))
+    sys.exit(main([f"benchmark-{sys.argv[1]}", *sys.argv[2:]]))

@@ -20,5 +20,5 @@ def test_ruff_format():
     _run(sys.executable, "-m", "ruff", "format", "--check", ".")
 
 
-def test_pure_modules_import_no_ray():
+def test_import_contracts_hold():
     _run("lint-imports")

@@ -15,7 +15,7 @@ import ray
 import torch
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 
-from erosion import checkpoint, datasets, storage, synth, training
+from erosion import checkpoint, datasets, evaluate, storage, synth, training
 from erosion.model import ModelConfig
 from erosion.preprocess import letterbox_batch
 from erosion.split import split_of
@@ -84,6 +84,14 @@ def test_training_learns_and_publishes_a_model_that_loads_without_ray(ray_local,
         scores = model(torch.from_numpy(pixels).unsqueeze(1).float() / 255).argmax(1).numpy()
     expected = np.array(history[card.epoch]["val_confusion"])
     assert np.abs(confusion_matrix(stages, scores, labels=range(6)) - expected).sum() <= 0.02 * expected.sum()
+
+    # `erosion evaluate`'s functions give the accuracies scikit-learn gives on this independent re-scoring.
+    predicted = evaluate.predict_split(result.model, f"{train_registry}/registry", "val")
+    rater = evaluate.rater_series(f"{train_registry}/ratings", "registry")
+    figures = evaluate.accuracies(predicted, rater, "registry")
+    assert figures.n == len(stages)
+    assert figures.balanced_accuracy == pytest.approx(balanced_accuracy_score(stages, scores), abs=0.01)
+    assert figures.accuracy == pytest.approx(np.mean(stages == scores), abs=0.01)
 
 
 def test_a_worker_that_dies_is_replaced_and_no_epoch_is_lost(ray_local, train_registry, s3_bucket):
