@@ -167,7 +167,7 @@ def score_throughput(config: ScoreBenchConfig) -> dict:
             "pipeline_crops_per_s": _rate(scoring.pipeline(run, "bench", size), rows),
             "model_only_crops_per_s": model_only,
             "model_only_startup_s": startup,
-            "decode_only_crops_per_s": _rate(scoring.decoded_crops(_read(registry), size), rows),
+            "decode_only_crops_per_s": _rate(scoring.decoded_crops(_read(registry), size, run.decode_rows), rows),
             "naive_crops_per_s": _naive(registry, config.model, min(rows, config.naive_rows)),
             "driver_peak_uss_mb": memory.driver_mb,
             "largest_worker_peak_uss_mb": memory.worker_mb,

@@ -47,6 +47,7 @@ class ScoreConfig:
     actors: int = 1  # model actors
     gpus_per_actor: float = 0.0  # > 0: each actor scores on a GPU (bf16 autocast, channels-last)
     cpus_per_actor: float = 0.5  # on a small machine, leave CPUs for the read and decode tasks
+    decode_rows: int = 512  # crops per decode task batch: small blocks stream evenly to the actors
     options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
     crash_decode_once: str | None = None  # for tests: a marker file; the first decode task to miss it dies once
 
@@ -129,14 +130,18 @@ def score(config: ScoreConfig) -> ScoreResult:
 def pipeline(config: ScoreConfig, run_id: str, input_size: int) -> ray.data.Dataset:
     """The lazy Ray Data plan: registry -> checked, decoded crops -> model actors -> rows of ``schema.SCORES``."""
     rows = datasets.read(config.registry, [*schema.KEYS, "image"], config.options)
-    return model_scores(decoded_crops(rows, input_size, config.crash_decode_once), config, run_id)
+    crops = decoded_crops(rows, input_size, config.decode_rows, config.crash_decode_once)
+    return model_scores(crops, config, run_id)
 
 
-def decoded_crops(rows: ray.data.Dataset, input_size: int, crash_once: str | None = None) -> ray.data.Dataset:
+def decoded_crops(
+    rows: ray.data.Dataset, input_size: int, batch_rows: int = 512, crash_once: str | None = None
+) -> ray.data.Dataset:
     """The key columns, ``pixels`` (fixed-size binary, S*S uint8) and ``error`` (null where the crop is fine)."""
     return rows.map_batches(
         decoding.decode_batch,
         fn_kwargs={"size": input_size, "crash_once": crash_once},
+        batch_size=batch_rows,
         batch_format="pyarrow",
         num_cpus=datasets.TASK_CPUS,
     )
