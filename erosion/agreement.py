@@ -167,29 +167,16 @@ def icc(ratings: np.ndarray, form: str = "ICC2") -> ICC:
     msw = (ss_total - ss_rows) / (n * (k - 1))
     if msr == 0 and (mse == 0 or msw == 0):
         raise ValueError("the ICC is undefined: every rating is the same.")
-    df1, df_within, df_error = n - 1, n * (k - 1), (n - 1) * (k - 1)
-    q = stats.f.ppf(0.975, [df1, df_within, df1, df_error], [df_within, df1, df_error, df1])
-    if form in ("ICC1", "ICC1k"):
-        f = msr / msw
-        low_f, high_f = f / q[0], f * q[1]
-        if form == "ICC1":
-            value = (msr - msw) / (msr + (k - 1) * msw)
-            low, high = (low_f - 1) / (low_f + k - 1), (high_f - 1) / (high_f + k - 1)
-        else:
-            value, low, high = (msr - msw) / msr, 1 - 1 / low_f, 1 - 1 / high_f
-        return ICC(
-            form, float(value), float(low), float(high), float(f), df1, df_within, float(stats.f.sf(f, df1, df_within))
-        )
+    df1, df_error = n - 1, (n - 1) * (k - 1)
+    if form in ("ICC1", "ICC1k", "ICC3", "ICC3k"):
+        # One-way (error: within targets) and two-way mixed (error: residual) share one form in F = MSR / MS_error.
+        error, df2 = (msw, n * (k - 1)) if form.startswith("ICC1") else (mse, df_error)
+        f = msr / error
+        bounds = np.array([f, f / stats.f.ppf(0.975, df1, df2), f * stats.f.ppf(0.975, df2, df1)])
+        value, low, high = 1 - 1 / bounds if form.endswith("k") else (bounds - 1) / (bounds + k - 1)
+        return ICC(form, float(value), float(low), float(high), float(f), df1, df2, float(stats.f.sf(f, df1, df2)))
     f = msr / mse
     p = float(stats.f.sf(f, df1, df_error))
-    if form in ("ICC3", "ICC3k"):
-        low_f, high_f = f / q[2], f * q[3]
-        if form == "ICC3":
-            value = (msr - mse) / (msr + (k - 1) * mse)
-            low, high = (low_f - 1) / (low_f + k - 1), (high_f - 1) / (high_f + k - 1)
-        else:
-            value, low, high = (msr - mse) / msr, 1 - 1 / low_f, 1 - 1 / high_f
-        return ICC(form, float(value), float(low), float(high), float(f), df1, df_error, p)
     single = (msr - mse) / (msr + (k - 1) * mse + k * (msc - mse) / n)
     # Satterthwaite's degrees of freedom for the two-way random form (McGraw and Wong 1996).
     fj = msc / mse
