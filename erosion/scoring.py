@@ -201,16 +201,15 @@ def score_rows(batch: pa.Table, probs: np.ndarray, run_id: str, model_version: s
 
 def _check_registry(url: str, options: storage.StorageOptions) -> dict[str, int]:
     """Rows per registry file; ValueError naming every file whose schema is not the registry contract's."""
-    fs, _ = storage.filesystem(url, options)
-    counts = storage.row_counts(url, options)
+    metadata = storage.footers(url, options)
     problems = [
         f"{file}: {reason}"
-        for file in counts
-        for _, reason in schema.schema_problems(storage.read_schema(fs, file), schema.REGISTRY)
+        for file, meta in metadata.items()
+        for _, reason in schema.schema_problems(meta.schema.to_arrow_schema(), schema.REGISTRY)
     ]
     if problems:
         raise ValueError("the registry does not match the contract, nothing was scored:\n  " + "\n  ".join(problems))
-    return counts
+    return {file: meta.num_rows for file, meta in metadata.items()}
 
 
 def _summarise(scores: str, run_id: str, options: storage.StorageOptions) -> tuple[pa.Table, dict[str, int], list]:

@@ -73,14 +73,19 @@ def read_schema(fs: fsspec.AbstractFileSystem, file: str) -> pa.Schema:
         return pq.read_schema(f)
 
 
-def row_counts(url: str, options: StorageOptions | None = None) -> dict[str, int]:
-    """The number of rows of each Parquet file of a table, from the files' footers (no data is read)."""
+def footers(url: str, options: StorageOptions | None = None) -> dict[str, pq.FileMetaData]:
+    """The footer of each Parquet file of a table (row count, schema): one small read per file, no data."""
     fs, _ = filesystem(url, options)
-    counts = {}
+    metadata = {}
     for file in parquet_files(url, options):
         with fs.open(file, "rb") as f:
-            counts[file] = pq.ParquetFile(f).metadata.num_rows
-    return counts
+            metadata[file] = pq.ParquetFile(f).metadata
+    return metadata
+
+
+def row_counts(url: str, options: StorageOptions | None = None) -> dict[str, int]:
+    """The number of rows of each Parquet file of a table, from the files' footers."""
+    return {file: meta.num_rows for file, meta in footers(url, options).items()}
 
 
 def iter_batches(
