@@ -9,8 +9,10 @@ import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from erosion import evaluate, ingest, storage, synth, validate
+from erosion import evaluate, ingest, report, storage, synth, validate
+from erosion.agreement import ICC_FORMS
 from erosion.augment import NO_AUGMENTATION, AugmentConfig
+from erosion.domain import ALL_JOINTS
 from erosion.model import ModelConfig
 
 if TYPE_CHECKING:
@@ -109,6 +111,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="a Ray cluster to join (default: $RAY_ADDRESS or a local Ray)")
     _storage_arguments(p)
     p.set_defaults(run=_score)
+
+    p = commands.add_parser("report", help="agreement of the model with each human rater: Parquet, plots, HTML")
+    p.add_argument("--scores", required=True, help="a committed scoring run, <out>/<run-id>")
+    p.add_argument("--ratings", required=True, help="the ratings table")
+    p.add_argument("--out", default="", help="the report's folder (default: <scores>/report)")
+    p.add_argument("--split", choices=("all", *SPLITS), default="all", help="only the joints of one patient split")
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--icc-form", choices=tuple(ICC_FORMS), default="ICC2", help="the ICC form the page shows")
+    p.add_argument("--venn", default="", help="three comma-separated raters (default: the model and two humans)")
+    _storage_arguments(p)
+    p.set_defaults(run=_report)
 
     p = commands.add_parser("benchmark-train", help="training throughput: bare step, augmented step, Ray Train")
     p.add_argument("--registry", required=True, help="a folder with registry/ and ratings/ (erosion synth)")
@@ -259,6 +272,41 @@ def _print_scoring(result: scoring.ScoreResult) -> None:
     print(f"    Rau scores of {result.visits} visits; run {result.run_id} committed to {result.run}")
 
 
+def _report(args: argparse.Namespace) -> int:
+    config = report.ReportConfig(
+        scores=args.scores,
+        ratings=args.ratings,
+        out=args.out,
+        split=args.split,
+        split_seed=args.split_seed,
+        icc_form=args.icc_form,
+        venn=tuple(r for r in args.venn.split(",") if r),
+        options=_options(args),
+    )
+    _print_report(report.report(config), args.icc_form)
+    return 0
+
+
+def _print_report(result: report.ReportResult, icc_form: str = "ICC2") -> None:
+    t = result.tables
+    print(f"agreement of {len(result.raters)} raters ({', '.join(result.raters)}):")
+    for row in t.agreement[t.agreement["subset"] == ALL_JOINTS].itertuples():
+        print(
+            f"    {row.rater} vs {row.reference}: n {row.n}, balanced accuracy {row.balanced_accuracy:.3f}, "
+            f"+-1 balanced {row.pm1_balanced_accuracy:.3f}, quadratic kappa {row.kappa:.3f} "
+            f"({row.kappa_low:.3f}-{row.kappa_high:.3f})"
+        )
+    icc = t.icc[(t.icc["subset"] == ALL_JOINTS) & (t.icc["form"] == icc_form)].iloc[0]
+    if icc["note"]:
+        print(f"    {icc_form}: {icc['note']}")
+    else:
+        print(
+            f"    {icc_form} over all raters on {icc['n']} joints: {icc['value']:.3f} "
+            f"({icc['low']:.3f}-{icc['high']:.3f}), {icc['label']}"
+        )
+    print(f"    report: {result.html}")
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     options = _options(args)
     predicted = evaluate.predict_split(args.model, args.registry, args.split, args.split_seed, options)
@@ -352,7 +400,7 @@ def _demo(args: argparse.Namespace) -> int:
     from erosion import datasets, runtime, scoring, summary, training  # Ray only where a command needs it
 
     out = args.out or tempfile.mkdtemp(prefix="erosion-demo-")
-    print(f"1/4 synthetic registry: {args.patients} patients, seed {args.seed} -> {out}")
+    print(f"1/5 synthetic registry: {args.patients} patients, seed {args.seed} -> {out}")
     manifest = synth.generate(synth.SynthConfig(patients=args.patients, out=out, seed=args.seed))
     rate = manifest["joints_per_second"]
     print(f"    {manifest['rows']['registry']} joints in {manifest['seconds']} s ({rate} joints/s)")
@@ -360,14 +408,14 @@ def _demo(args: argparse.Namespace) -> int:
     print("    validation: " + ", ".join(f"{r.rows} rows, {len(r.problems)} problems" for r in reports))
     if any(r.problems for r in reports):
         return 1
-    print("2/4 summary on a local Ray (Ray Data)")
+    print("2/5 summary on a local Ray (Ray Data)")
     runtime.init_ray(num_cpus=2)
     s = summary.summarize(f"{out}/registry", f"{out}/ratings", seed=args.seed)
     print(f"    joints {s.joints}, patients {s.patients}, visits {s.visits}")
     print("    class mix (registry rater): " + " / ".join(f"{100 * m:.1f}" for m in s.class_mix) + " %")
     for name in SPLITS:
         print(f"    {name:5s} {s.split_patients[name]:5d} patients {s.split_joints[name]:7d} joints")
-    print(f"3/4 training on Ray Train, 2 CPU workers, {args.epochs} epochs: a reduced model (quarter width, 64x64)")
+    print(f"3/5 training on Ray Train, 2 CPU workers, {args.epochs} epochs: a reduced model (quarter width, 64x64)")
     config = training.TrainConfig(
         data=datasets.LabelSet(f"{out}/registry", f"{out}/ratings", split_seed=args.seed),
         out=f"{out}/runs",
@@ -378,8 +426,11 @@ def _demo(args: argparse.Namespace) -> int:
     )
     trained = training.train(config)
     _print_training(trained)
-    print("4/4 scoring every crop of the registry with it on Ray Data (a pool of model actors)")
-    _print_scoring(scoring.score(scoring.ScoreConfig(f"{out}/registry", trained.model, f"{out}/scores")))
+    print("4/5 scoring every crop of the registry with it on Ray Data (a pool of model actors)")
+    scored = scoring.score(scoring.ScoreConfig(f"{out}/registry", trained.model, f"{out}/scores"))
+    _print_scoring(scored)
+    print("5/5 agreement report: the model as one more rater beside the simulated human raters")
+    _print_report(report.report(report.ReportConfig(scores=scored.run, ratings=f"{out}/ratings")))
     print(f"done: everything is in {out}")
     return 0
 

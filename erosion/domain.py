@@ -28,6 +28,15 @@ RAU_JOINTS = 38
 """The Rau score extrapolates the sum of stages to 38 joints, whatever number was scored."""
 
 
+ALL_JOINTS = "all joints"
+"""The name of the subset of every joint in per-subset tables (beside joint types such as MCP and each joint)."""
+
+
+def joint_type(joint: str) -> str:
+    """The joint's type as reports name it: pip3 -> PIP, mcp1 -> MCP, mtp2 -> MTP, wrist -> WRIST."""
+    return joint.rstrip("0123456789").upper()
+
+
 def joints_of(body_part: str) -> tuple[str, ...]:
     """The joints a crop of this body part can show (hands: PIP, MCP, wrist; feet: MTP)."""
     if body_part not in BODY_PARTS:

@@ -122,11 +122,24 @@ def read_table(url: str, columns: list[str] | None = None, options: StorageOptio
     return pa.concat_tables(tables, promote_options="default")
 
 
+def write_bytes(url: str, content: bytes, options: StorageOptions | None = None) -> None:
+    """Write a small file (a page, a plot) in one piece, its folder made as needed."""
+    fs, path = filesystem(url, options)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    with fs.open(path, "wb") as f:
+        f.write(content)
+
+
 def write_json(url: str, content: dict, options: StorageOptions | None = None) -> None:
     """Write a small JSON document (a manifest, a summary) in one piece."""
-    fs, path = filesystem(url, options)
-    with fs.open(path, "w") as f:
-        json.dump(content, f, indent=2, default=str)
+    write_bytes(url, json.dumps(content, indent=2, default=str).encode(), options)
+
+
+def write_table(url: str, table: pa.Table, options: StorageOptions | None = None) -> None:
+    """Write a small table as one Parquet file (a report's table)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    write_bytes(url, sink.getvalue().to_pybytes(), options)
 
 
 def read_json(url: str, options: StorageOptions | None = None) -> dict:

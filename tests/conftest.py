@@ -73,3 +73,31 @@ def small_registry(tmp_path_factory: pytest.TempPathFactory) -> str:
     out = str(tmp_path_factory.mktemp("registry"))
     synth.generate(synth.SynthConfig(patients=12, out=out, seed=3, rows_per_file=200, rescored_fraction=0.3))
     return out
+
+
+@pytest.fixture(scope="session")
+def untrained_model():
+    """Writes an untrained model's checkpoint (random weights, seeded) to a folder: scoring needs no good model.
+
+    Its batch norms take their statistics from random crops, so that its answers depend on the crop.
+    """
+    import torch
+
+    from erosion import checkpoint
+    from erosion.model import ErosionCNN, ModelConfig
+
+    def write(folder, config: ModelConfig) -> str:
+        torch.manual_seed(1)
+        model = ErosionCNN(config)
+        for layer in model.modules():
+            if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+                layer.momentum = None  # a plain average over the batches below
+        with torch.no_grad():
+            for _ in range(3):
+                model(torch.rand(16, 1, config.input_size, config.input_size) ** 2)
+        preprocess = checkpoint.preprocess_settings(config)
+        card = checkpoint.ModelCard("", config, epoch=0, history=[], preprocess=preprocess)
+        checkpoint.write(str(folder), model.eval(), card)
+        return str(folder)
+
+    return write

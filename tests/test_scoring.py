@@ -13,32 +13,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
-import torch
 from PIL import Image
 
 from erosion import checkpoint, runs, schema, scoring, storage
-from erosion.model import ErosionCNN, ModelConfig, probabilities
+from erosion.model import ModelConfig, probabilities
 from erosion.preprocess import letterbox
 
 SMALL = ModelConfig(input_size=64, width=0.25)
-
-
-def _model(folder, config: ModelConfig = SMALL) -> str:
-    """An untrained model's checkpoint (random weights, seeded): scoring does not care how good it is.
-
-    Its batch norms take their statistics from random crops, so that its answers depend on the crop.
-    """
-    torch.manual_seed(1)
-    model = ErosionCNN(config)
-    for layer in model.modules():
-        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
-            layer.momentum = None  # a plain average over the batches below
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.rand(16, 1, config.input_size, config.input_size) ** 2)
-    card = checkpoint.ModelCard("", config, epoch=0, history=[], preprocess=checkpoint.preprocess_settings(config))
-    checkpoint.write(str(folder), model.eval(), card)
-    return str(folder)
 
 
 def _encode(array: np.ndarray, fmt: str, **kwargs) -> bytes:
@@ -85,10 +66,10 @@ def _write_registry(folder, crops, files: int = 2) -> str:
 
 
 @pytest.fixture(scope="module")
-def hostile(tmp_path_factory) -> tuple[str, str]:
+def hostile(tmp_path_factory, untrained_model) -> tuple[str, str]:
     """A registry of hostile crops and a model: (registry folder, model folder)."""
     root = tmp_path_factory.mktemp("hostile")
-    return _write_registry(root / "registry", _hostile_crops()), _model(root / "model")
+    return _write_registry(root / "registry", _hostile_crops()), untrained_model(root / "model", SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -181,12 +162,14 @@ def test_a_registry_of_the_wrong_schema_is_refused_before_any_work(ray_local, ho
     assert not (tmp_path / "out" / "x").exists()
 
 
-def test_a_killed_run_commits_nothing_and_the_rerun_commits_everything(ray_local, small_registry, tmp_path):
+def test_a_killed_run_commits_nothing_and_the_rerun_commits_everything(
+    ray_local, small_registry, untrained_model, tmp_path
+):
     registry = tmp_path / "registry"
     os.makedirs(registry)
     for name in ("part-00000.parquet", "part-00001.parquet"):  # 400 rows
         shutil.copy(f"{small_registry}/registry/{name}", registry / name)
-    model = _model(tmp_path / "paper", ModelConfig())  # the paper's model: slow on CPU, so the kill lands mid-run
+    model = untrained_model(tmp_path / "paper", ModelConfig())  # the paper's model: slow on CPU, the kill lands mid-run
     out = tmp_path / "out"
     command = ["erosion", "score", "--registry", str(registry), "--model", model, "--out", str(out)]
     command += ["--run-id", "night", "--batch-size", "16", "--address", ray.get_runtime_context().gcs_address]
