@@ -17,7 +17,7 @@ new joint ids, so that sizes differ by rows and nothing else):
 - end to end: ``scoring.score``, the whole run from start-up to commit (Rau scores and manifest included);
 - pipeline: the same plan (read, decode, model actors) without the write;
 - model only: the same actor pool (``scoring.model_scores``) on as many crops, already decoded and in memory;
-- decode only: the registry read and decoded by the same CPU tasks (``scoring.decoded_crops``), no model;
+- decode only: the registry read and decoded by the same CPU tasks (``datasets.scoring_crops``), no model;
 - naive: one process, a PyTorch DataLoader over the Parquet files, decode and model in turn;
 - peak private memory (USS) of the driver and of the largest Ray worker during the end-to-end run.
 """
@@ -167,7 +167,7 @@ def score_throughput(config: ScoreBenchConfig) -> dict:
             "pipeline_crops_per_s": _rate(scoring.pipeline(run, "bench", size), rows),
             "model_only_crops_per_s": model_only,
             "model_only_startup_s": startup,
-            "decode_only_crops_per_s": _rate(scoring.decoded_crops(_read(registry), size, run.decode_rows), rows),
+            "decode_only_crops_per_s": _rate(datasets.scoring_crops(_read(registry), size, run.decode_rows), rows),
             "naive_crops_per_s": _naive(registry, config.model, min(rows, config.naive_rows)),
             "driver_peak_uss_mb": memory.driver_mb,
             "largest_worker_peak_uss_mb": memory.worker_mb,

@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from erosion import evaluate, ingest, report, storage, synth, validate
+from erosion import evaluate, ingest, report, runs, storage, synth, validate
 from erosion.agreement import ICC_FORMS
 from erosion.augment import NO_AUGMENTATION, AugmentConfig
 from erosion.domain import ALL_JOINTS
@@ -122,6 +122,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--venn", default="", help="three comma-separated raters (default: the model and two humans)")
     _storage_arguments(p)
     p.set_defaults(run=_report)
+
+    p = commands.add_parser("nightly", help="one dated run: score (carrying unchanged joints over), Rau, report")
+    p.add_argument("--registry", required=True)
+    p.add_argument("--model", required=True, help="the current model: a training run's folder")
+    p.add_argument("--ratings", required=True, help="the ratings table, for the agreement report")
+    p.add_argument("--out", required=True, help="runs are committed to <out>/<run-id>/")
+    p.add_argument("--run-id", default="", help="default: today's date, UTC (e.g. 2026-11-23)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--actors", type=int, default=1)
+    p.add_argument("--gpus-per-actor", type=float, default=0.0)
+    p.add_argument("--cpus-per-actor", type=float, default=0.5)
+    p.add_argument("--report-split", choices=("all", *SPLITS), default="all")
+    p.add_argument("--address", default=None, help="a Ray cluster to join (default: $RAY_ADDRESS or a local Ray)")
+    _storage_arguments(p)
+    p.set_defaults(run=_nightly)
+
+    p = commands.add_parser("runs", help="the committed runs under a folder, with their counts")
+    p.add_argument("--out", required=True)
+    _storage_arguments(p)
+    p.set_defaults(run=_runs)
 
     p = commands.add_parser("benchmark-train", help="training throughput: bare step, augmented step, Ray Train")
     p.add_argument("--registry", required=True, help="a folder with registry/ and ratings/ (erosion synth)")
@@ -305,6 +325,52 @@ def _print_report(result: report.ReportResult, icc_form: str = "ICC2") -> None:
             f"({icc['low']:.3f}-{icc['high']:.3f}), {icc['label']}"
         )
     print(f"    report: {result.html}")
+
+
+def _nightly(args: argparse.Namespace) -> int:
+    from erosion import nightly, runtime  # Ray only where a command needs it
+
+    config = nightly.NightlyConfig(
+        registry=args.registry,
+        model=args.model,
+        ratings=args.ratings,
+        out=args.out,
+        run_id=args.run_id,
+        batch_size=args.batch_size,
+        actors=args.actors,
+        gpus_per_actor=args.gpus_per_actor,
+        cpus_per_actor=args.cpus_per_actor,
+        report_split=args.report_split,
+        options=_options(args),
+    )
+    runtime.init_ray(args.address)
+    result = nightly.nightly(config)
+    m = result.manifest
+    if not result.ran:
+        print(f"run {m['run_id']} is committed already, with model {m['model_version'][:12]} and these inputs")
+        print(f"    nothing to do: {result.run}")
+        return 0
+    print(
+        f"night {m['run_id']}: {m['rows']} rows, {m['rows'] - m['failed'] - m['carried']} scored by model "
+        f"{m['model_version'][:12]}, {m['carried']} carried over from {m['carried_from'] or 'no earlier run'}, "
+        f"{m['failed']} failed; {m['visits']} visits; {m['seconds']['total']:.1f} s"
+    )
+    _print_report(result.report)
+    print(f"    committed to {result.run}")
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    found = runs.committed(args.out, _options(args))
+    print(f"{'run':22s} {'kind':8s} {'committed':25s} {'model':12s} {'rows':>9s} {'scored':>9s} {'carried':>9s} failed")
+    for m in found:
+        rows, carried, failed = m.get("rows", 0), m.get("carried", 0), m.get("failed", 0)
+        print(
+            f"{m.get('run_id', '?'):22s} {m.get('kind', '?'):8s} {m.get('committed_at', ''):25s} "
+            f"{m.get('model_version', '')[:12]:12s} {rows:9d} {rows - failed - carried:9d} {carried:9d} {failed:6d}"
+        )
+    print(f"{len(found)} committed runs in {args.out}")
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import ray
 
-from erosion import storage
+from erosion import decoding, storage
 from erosion.preprocess import letterbox_batch
 from erosion.ratings import rater_stages
 from erosion.split import split_of
@@ -67,6 +67,34 @@ def labelled_split(labels: LabelSet, split: str, columns: tuple[str, ...] = ("jo
 def decoded(rows: ray.data.Dataset, input_size: int) -> ray.data.Dataset:
     """Letterboxed uint8 ``pixels`` (N, S, S) and int64 ``label``; a crop that fails to decode is logged, left out."""
     return rows.map_batches(_decode, fn_kwargs={"size": input_size}, batch_format="pyarrow", num_cpus=TASK_CPUS)
+
+
+def scoring_crops(
+    rows: ray.data.Dataset,
+    input_size: int,
+    batch_rows: int = 512,
+    crash_once: str | None = None,
+    carry: ray.ObjectRef | None = None,
+) -> ray.data.Dataset:
+    """Scoring's decode step in CPU tasks (``decoding.decode_batch``; no torch in these workers): keys,
+    ``pixels``, ``error``, ``fingerprint`` and ``carried`` (an earlier run's scores, from ``carry``'s lookup)."""
+    return rows.map_batches(
+        _scoring_decode,
+        fn_kwargs={"size": input_size, "crash_once": crash_once, "carry": carry},
+        batch_size=batch_rows,
+        batch_format="pyarrow",
+        num_cpus=TASK_CPUS,
+    )
+
+
+def _scoring_decode(batch: pa.Table, size: int, crash_once: str | None, carry: ray.ObjectRef | None) -> pa.Table:
+    return decoding.decode_batch(batch, size, crash_once, None if carry is None else _lookup(carry))
+
+
+@functools.lru_cache(maxsize=1)
+def _lookup(carry: ray.ObjectRef):
+    """An earlier run's lookup, fetched once per worker process and run (zero-copy from the object store)."""
+    return ray.get(carry)
 
 
 def split_labels(labels: LabelSet, split: str) -> np.ndarray:

@@ -13,32 +13,56 @@ import numpy as np
 import pyarrow as pa
 
 from erosion import domain, schema
+from erosion.carry import SIZE, Carry, fingerprints, fixed_binary_view
+from erosion.domain import NUM_STAGES
 from erosion.preprocess import letterbox
 
 
-def decode_batch(batch: pa.Table, size: int, crash_once: str | None = None) -> pa.Table:
-    """The batch's key columns, ``pixels`` (fixed-size binary of size * size uint8) and ``error``.
+def decode_batch(batch: pa.Table, size: int, crash_once: str | None = None, carry: Carry | None = None) -> pa.Table:
+    """The batch's key columns, ``pixels`` (fixed-size binary of size * size uint8), ``error``, ``fingerprint``
+    and ``carried`` (an earlier run's probabilities where ``carry`` knows the fingerprint, else null).
 
-    ``crash_once`` is for tests: a marker file; the first task to find it missing creates it and its worker
-    dies, as a worker lost mid-task would.
+    A carried row is not decoded. ``crash_once`` is for tests: a marker file; the first task to find it
+    missing creates it and its worker dies, as a worker lost mid-task would.
     """
     if crash_once and not os.path.exists(crash_once):
         open(crash_once, "w").close()
         os._exit(1)
     keys = [batch[k].to_pylist() for k in ("joint_id", "patient_id", "visit_date", "body_part", "joint")]
+    images = batch["image"].to_pylist()
+    prints, present = fingerprints(keys[0], images)
+    found = carry.find(prints) if carry is not None else np.full(batch.num_rows, -1)
     pixels = np.zeros((batch.num_rows, size, size), dtype=np.uint8)
     errors: list[str | None] = []
-    for i, data in enumerate(batch["image"].to_pylist()):
+    for i, data in enumerate(images):
         error = row_problem(*(column[i] for column in keys))
-        if error is None:
+        if error is None and found[i] < 0:
             try:
                 pixels[i] = letterbox(data or b"", size)
             except ValueError as problem:
                 error = str(problem)
         errors.append(error)
-    column = pa.FixedSizeBinaryArray.from_buffers(pa.binary(size * size), batch.num_rows, [None, pa.py_buffer(pixels)])
+    carried = np.zeros((batch.num_rows, NUM_STAGES), dtype=np.float32)
+    is_carried = (found >= 0) & np.array([e is None for e in errors], dtype=bool)
+    if is_carried.any():
+        carried[is_carried] = carry.probs[found[is_carried]]
     return (
-        batch.select(schema.KEYS).append_column("pixels", column).append_column("error", pa.array(errors, pa.string()))
+        batch.select(schema.KEYS)
+        .append_column("pixels", _fixed_binary(pixels, size * size))
+        .append_column("error", pa.array(errors, pa.string()))
+        .append_column("fingerprint", _fixed_binary(prints, SIZE, mask=~present))
+        .append_column(
+            "carried",
+            pa.FixedSizeListArray.from_arrays(pa.array(carried.ravel()), NUM_STAGES, mask=pa.array(~is_carried)),
+        )
+    )
+
+
+def _fixed_binary(values: np.ndarray, width: int, mask: np.ndarray | None = None) -> pa.Array:
+    validity = None if mask is None else pa.array(~mask).buffers()[1]
+    count = 0 if mask is None else int(mask.sum())
+    return pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(width), len(values), [validity, pa.py_buffer(values)], null_count=count
     )
 
 
@@ -53,7 +77,4 @@ def row_problem(joint_id, patient_id, visit_date, body_part, joint) -> str | Non
 
 def pixel_view(column: pa.ChunkedArray | pa.Array, size: int) -> np.ndarray:
     """(N, size, size) uint8 view of a fixed-size binary column of pixels, without copying where possible."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    pixels = size * size
-    data = np.frombuffer(array.buffers()[1], dtype=np.uint8)
-    return data[array.offset * pixels : (array.offset + len(array)) * pixels].reshape(-1, size, size)
+    return fixed_binary_view(column, size * size).reshape(-1, size, size)

@@ -222,13 +222,16 @@ def tables(stages: pd.DataFrame, accounting: pd.DataFrame, raters: list[str], ve
     )
 
 
-def build(config: ReportConfig, folder: str) -> ReportResult:
-    """Read the run and the ratings, write every table, plot and the page into ``folder``."""
+def build(config: ReportConfig, folder: str, run: dict | None = None) -> ReportResult:
+    """Read the run and the ratings, write every table, plot and the page into ``folder``.
+
+    ``run`` is the scoring run's manifest, for a run that is not committed yet (the nightly job's staging).
+    """
     if config.split != "all" and config.split not in SPLITS:
         raise ValueError(f"split must be 'all' or one of {', '.join(SPLITS)}; got {config.split!r}.")
     if config.icc_form not in agreement.ICC_FORMS:
         raise ValueError(f"icc_form must be one of {', '.join(agreement.ICC_FORMS)}; got {config.icc_form!r}.")
-    run = runs.manifest(config.scores, config.options)
+    run = run or runs.manifest(config.scores, config.options)
     model = model_rater(run["model_version"])
     columns = ["joint_id", "patient_id", "joint", "ratingen_pred", "error"]
     scores = storage.read_table(f"{config.scores.rstrip('/')}/scores", columns, config.options).to_pandas()

@@ -57,3 +57,16 @@ def manifest(run: str, options: storage.StorageOptions | None = None) -> dict:
     if not fs.exists(path):
         raise FileNotFoundError(f"{run} is not a committed run (no {MANIFEST}).")
     return storage.read_json(f"{run.rstrip('/')}/{MANIFEST}", options)
+
+
+def committed(out: str, options: storage.StorageOptions | None = None) -> list[dict]:
+    """The manifests of every committed run under ``out``, oldest commit first (staging and unfinished runs skipped)."""
+    fs, path = storage.filesystem(out, options)
+    if not fs.exists(path):
+        return []
+    found = []
+    for child in fs.ls(path, detail=False):
+        name = posixpath.basename(child.rstrip("/"))
+        if not name.startswith(("_", ".")) and fs.exists(f"{child}/{MANIFEST}"):
+            found.append(manifest(run_url(out, name), options) | {"run": run_url(out, name)})
+    return sorted(found, key=lambda m: (m.get("committed_at", ""), m.get("run_id", "")))

@@ -46,6 +46,8 @@ SCORES = pa.schema(
         pa.field("ratingen_pred", pa.int8()),  # argmax of probs
         pa.field("ratingen_expected", pa.float32()),  # sum of k * P(stage k)
         pa.field("error", pa.string()),  # "<reason>: <detail>" for a row that could not be scored, else null
+        pa.field("fingerprint", pa.binary(16)),  # BLAKE2b-128 of joint_id and image: what carry-over compares
+        pa.field("carried", pa.bool_(), nullable=False),  # the score was carried over from an earlier run
     ]
 )
 """Scores, one row per registry row per run: scored, or with its error."""

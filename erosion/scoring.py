@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import ray
 import torch
 
-from erosion import checkpoint, datasets, decoding, domain, rau, runs, schema, storage
+from erosion import carry, checkpoint, datasets, decoding, domain, rau, runs, schema, storage
 from erosion.model import probabilities
 
 EXAMPLES = 20  # failed rows named in the result (all of them are in the scores)
@@ -50,6 +50,7 @@ class ScoreConfig:
     decode_rows: int = 512  # crops per decode task batch: small blocks stream evenly to the actors
     options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
     crash_decode_once: str | None = None  # for tests: a marker file; the first decode task to miss it dies once
+    carry_from: str = ""  # an earlier committed run: its scores of unchanged joints are carried over (same model)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ class ScoreResult:
     examples: list[tuple[str, str]]  # (joint_id, error) of the first failed rows
     visits: int  # rows of the Rau table
     seconds: float
+    carried: int = 0  # rows whose score was carried over from config.carry_from, not scored again
+    manifest: dict = field(default_factory=dict)  # what the run's manifest.json says
 
     @property
     def crops_per_s(self) -> float:
@@ -74,21 +77,29 @@ class ScoreResult:
 
 def score(config: ScoreConfig) -> ScoreResult:
     """Score the registry, write scores and Rau scores, commit the run; Ray must be initialised."""
-    began = time.monotonic()
     run_id = config.run_id or datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    staging = runs.begin(config.out, run_id, config.options)
+    result = score_into(config, run_id, staging)
+    run = runs.commit(config.out, run_id, result.manifest, config.options)
+    return dataclasses.replace(result, run=run)
+
+
+def score_into(config: ScoreConfig, run_id: str, staging: str) -> ScoreResult:
+    """Score the registry into ``<staging>/scores`` and ``<staging>/rau``; the caller commits the run."""
+    began = time.monotonic()
     inputs = _check_registry(config.registry, config.options)
     card = checkpoint.read_card(config.model, config.options)
-    staging = runs.begin(config.out, run_id, config.options)
+    carry, carried_from = _carry(config, card.model_version)
 
     expected = sum(inputs.values())
-    scores = pipeline(config, run_id, card.preprocess["input_size"])
+    scores = pipeline(config, run_id, card.preprocess["input_size"], carry)
     fs, path = storage.arrow_filesystem(f"{staging}/scores", config.options)
     scores.write_parquet(path, filesystem=fs)
 
     written = sum(storage.row_counts(f"{staging}/scores", config.options).values()) if expected else 0
     if written != expected:
         raise RuntimeError(f"run {run_id}: {written} score rows for {expected} registry rows; not committed.")
-    visits, errors, examples = _summarise(f"{staging}/scores", run_id, config.options)
+    visits, errors, examples, carried = _summarise(f"{staging}/scores", run_id, config.options)
     with storage.TableWriter(f"{staging}/rau", rau.SCHEMA, options=config.options) as writer:
         writer.write(visits)
     failed = sum(errors.values())
@@ -104,6 +115,8 @@ def score(config: ScoreConfig) -> ScoreResult:
         "rows": expected,
         "scored": expected - failed,
         "failed": failed,
+        "carried": carried,
+        "carried_from": carried_from,
         "errors": errors,
         "visits": visits.num_rows,
         "outputs": {"scores": "scores/", "rau": "rau/"},
@@ -112,9 +125,8 @@ def score(config: ScoreConfig) -> ScoreResult:
         "seconds": round(seconds, 3),
         "versions": _versions(),
     }
-    run = runs.commit(config.out, run_id, manifest, config.options)
     return ScoreResult(
-        run=run,
+        run=staging,
         run_id=run_id,
         model_version=card.model_version,
         rows=expected,
@@ -124,27 +136,16 @@ def score(config: ScoreConfig) -> ScoreResult:
         examples=examples,
         visits=visits.num_rows,
         seconds=seconds,
+        carried=carried,
+        manifest=manifest,
     )
 
 
-def pipeline(config: ScoreConfig, run_id: str, input_size: int) -> ray.data.Dataset:
+def pipeline(config: ScoreConfig, run_id: str, input_size: int, carry: ray.ObjectRef | None = None) -> ray.data.Dataset:
     """The lazy Ray Data plan: registry -> checked, decoded crops -> model actors -> rows of ``schema.SCORES``."""
     rows = datasets.read(config.registry, [*schema.KEYS, "image"], config.options)
-    crops = decoded_crops(rows, input_size, config.decode_rows, config.crash_decode_once)
+    crops = datasets.scoring_crops(rows, input_size, config.decode_rows, config.crash_decode_once, carry)
     return model_scores(crops, config, run_id)
-
-
-def decoded_crops(
-    rows: ray.data.Dataset, input_size: int, batch_rows: int = 512, crash_once: str | None = None
-) -> ray.data.Dataset:
-    """The key columns, ``pixels`` (fixed-size binary, S*S uint8) and ``error`` (null where the crop is fine)."""
-    return rows.map_batches(
-        decoding.decode_batch,
-        fn_kwargs={"size": input_size, "crash_once": crash_once},
-        batch_size=batch_rows,
-        batch_format="pyarrow",
-        num_cpus=datasets.TASK_CPUS,
-    )
 
 
 def model_scores(crops: ray.data.Dataset, config: ScoreConfig, run_id: str) -> ray.data.Dataset:
@@ -176,10 +177,13 @@ class Scorer:
         self.run_id, self.version = run_id, card.model_version
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        ok = pc.is_null(batch["error"]).to_numpy(zero_copy_only=False)
+        carried = pc.is_valid(batch["carried"]).to_numpy(zero_copy_only=False)
+        ok = pc.is_null(batch["error"]).to_numpy(zero_copy_only=False) & ~carried
         probs = np.zeros((batch.num_rows, domain.NUM_STAGES), dtype=np.float32)
         if ok.any():
             probs[ok] = probabilities(self.model, decoding.pixel_view(batch["pixels"], self.size)[ok])
+        if carried.any():
+            probs[carried] = batch["carried"].combine_chunks().flatten().to_numpy().reshape(-1, domain.NUM_STAGES)
         return score_rows(batch, probs, self.run_id, self.version)
 
 
@@ -195,6 +199,8 @@ def score_rows(batch: pa.Table, probs: np.ndarray, run_id: str, model_version: s
         pa.array(probs.argmax(1).astype(np.int8), mask=mask),
         pa.array((probs @ np.arange(domain.NUM_STAGES, dtype=np.float32)).astype(np.float32), mask=mask),
         batch["error"],
+        batch["fingerprint"],
+        pc.is_valid(batch["carried"]),
     ]
     return pa.Table.from_arrays(columns, schema=schema.SCORES)
 
@@ -212,18 +218,29 @@ def _check_registry(url: str, options: storage.StorageOptions) -> dict[str, int]
     return {file: meta.num_rows for file, meta in metadata.items()}
 
 
-def _summarise(scores: str, run_id: str, options: storage.StorageOptions) -> tuple[pa.Table, dict[str, int], list]:
-    """One pass over the written scores: the Rau table, failed rows by reason, the first failed rows."""
-    partials, errors, examples = [], collections.Counter(), []
-    for _, _, batch in storage.iter_batches(scores, [*rau.COLUMNS, "joint_id"], 65_536, options):
+def _carry(config: ScoreConfig, model_version: str) -> tuple[ray.ObjectRef | None, str | None]:
+    """The earlier run's lookup in the object store, and its run id; (None, None) where nothing can be carried."""
+    if not config.carry_from:
+        return None, None
+    earlier = runs.manifest(config.carry_from, config.options)
+    if earlier["model_version"] != model_version:
+        return None, None  # a new model scores everything anew
+    return ray.put(carry.load(f"{config.carry_from.rstrip('/')}/scores", config.options)), earlier["run_id"]
+
+
+def _summarise(scores: str, run_id: str, options: storage.StorageOptions) -> tuple[pa.Table, dict[str, int], list, int]:
+    """One pass over the written scores: the Rau table, failed rows by reason, the first failed rows, carried rows."""
+    partials, errors, examples, carried = [], collections.Counter(), [], 0
+    for _, _, batch in storage.iter_batches(scores, [*rau.COLUMNS, "joint_id", "carried"], 65_536, options):
         table = pa.Table.from_batches([batch])
+        carried += pc.sum(table["carried"]).as_py() or 0
         partials.append(rau.partial(table))
         failed = table.filter(pc.is_valid(table["error"]))
         for joint_id, error in zip(failed["joint_id"].to_pylist(), failed["error"].to_pylist(), strict=True):
             errors[error.split(":", 1)[0]] += 1
             if len(examples) < EXAMPLES:
                 examples.append((joint_id, error))
-    return rau.combine(partials, run_id), dict(errors), examples
+    return rau.combine(partials, run_id), dict(errors), examples, carried
 
 
 def _versions() -> dict[str, str]:

@@ -88,6 +88,18 @@ def row_counts(url: str, options: StorageOptions | None = None) -> dict[str, int
     return {file: meta.num_rows for file, meta in footers(url, options).items()}
 
 
+def snapshot(url: str, options: StorageOptions | None = None) -> dict[str, dict]:
+    """Each Parquet file of a table with its rows, bytes and version (S3 ETag or local modification time)."""
+    fs, _ = filesystem(url, options)
+    rows = row_counts(url, options)
+    found = {}
+    for file, count in rows.items():
+        info = fs.info(file)
+        version = info.get("ETag") or info.get("mtime") or info.get("LastModified")
+        found[file] = {"rows": count, "bytes": int(info["size"]), "version": str(version).strip('"')}
+    return found
+
+
 def iter_batches(
     url: str,
     columns: list[str] | None = None,

@@ -1,0 +1,130 @@
+"""The nightly job on a real local Ray: carry-over of unchanged joints, idempotent nights, one committed run each."""
+
+import dataclasses
+import os
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from erosion import carry, cli, nightly, runs, storage
+from erosion.model import ModelConfig
+
+SMALL = ModelConfig(input_size=64, width=0.25)
+
+
+def test_carry_finds_exactly_the_fingerprints_it_holds():
+    ids = [f"sop{i}/mcp1" for i in range(50)]
+    images = [bytes([i]) * 100 for i in range(50)]
+    prints, present = carry.fingerprints(ids, images)
+    assert present.all() and len({p.tobytes() for p in prints}) == 50
+    probs = np.random.default_rng(0).random((50, 6)).astype(np.float32)
+    lookup = carry.Carry.of(prints[:40], probs[:40])
+    changed, _ = carry.fingerprints(ids[:1], [images[0] + b"x"])  # same joint, new image
+    moved, _ = carry.fingerprints(ids[1:2], [images[2]])  # another joint's image
+    queries = np.concatenate([prints[::-1], changed, moved])
+    found = lookup.find(queries)
+    expected = np.concatenate([np.arange(50)[::-1], [50, 51]])
+    for index, position in zip(expected, found, strict=True):
+        if index < 40:
+            np.testing.assert_array_equal(lookup.probs[position], probs[index])
+        else:
+            assert position == -1
+    none, present = carry.fingerprints([None, "a"], [b"x", None])
+    assert not present.any() and (carry.Carry.of(prints[:0], probs[:0]).find(prints) == -1).all()
+
+
+def _scores(run: str) -> dict[str, tuple]:
+    table = pq.read_table(f"{run}/scores", columns=["joint_id", "probs", "carried", "error"]).to_pylist()
+    return {r["joint_id"]: (r["probs"], r["carried"], r["error"]) for r in table}
+
+
+@pytest.fixture(scope="module")
+def nights(ray_local, small_registry, untrained_model, tmp_path_factory) -> dict:
+    """Three nights and a new model: unchanged, re-run, one image changed and a file of new joints added."""
+    root = tmp_path_factory.mktemp("nightly")
+    registry = root / "registry"
+    shutil.copytree(f"{small_registry}/registry", registry)
+    model = untrained_model(root / "model", SMALL)
+    config = nightly.NightlyConfig(str(registry), model, f"{small_registry}/ratings", str(root / "runs"))
+    first = nightly.nightly(dataclasses.replace(config, run_id="2026-11-21"))
+    second = nightly.nightly(dataclasses.replace(config, run_id="2026-11-22"))
+    again = nightly.nightly(dataclasses.replace(config, run_id="2026-11-22"))
+
+    files = sorted(f for f in os.listdir(registry) if f.endswith(".parquet"))
+    table = pq.read_table(registry / files[0])
+    images = table["image"].to_pylist()
+    changed = table["joint_id"][0].as_py()
+    images[0] = pq.read_table(registry / files[-1])["image"][5].as_py()  # another crop's image
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("image"), "image", pa.array(images)), registry / files[0]
+    )
+    new = table.slice(1, 3).set_column(
+        0, "joint_id", pa.array([f"new/{j}" for j in table["joint_id"].to_pylist()[1:4]], pa.string())
+    )
+    pq.write_table(new, registry / "part-new.parquet")
+    third = nightly.nightly(dataclasses.replace(config, run_id="2026-11-23"))
+    other = untrained_model(root / "model-2", ModelConfig(input_size=64, width=0.5))
+    fourth = nightly.nightly(dataclasses.replace(config, model=other, run_id="2026-11-24"))
+    return {
+        "root": root,
+        "nights": [first, second, again, third, fourth],
+        "changed": changed,
+        "registry": registry,
+        "out": str(root / "runs"),
+    }
+
+
+def test_the_second_night_carries_every_scored_joint_over_with_the_same_scores(nights):
+    first, second = nights["nights"][:2]
+    assert first.ran and second.ran
+    m1, m2 = first.manifest, second.manifest
+    assert m1["carried"] == 0 and m1["carried_from"] is None and m1["rows"] == m1["rows"] - m1["failed"] > 0
+    assert m2["carried"] == m1["rows"] - m1["failed"] and m2["carried_from"] == "2026-11-21"
+    s1, s2 = _scores(first.run), _scores(second.run)
+    assert s1.keys() == s2.keys()
+    for joint, (probs, carried, error) in s2.items():
+        assert carried and error is None and probs == pytest.approx(s1[joint][0], abs=0)
+    for name in ("scores", "rau", "report/report.html", "report/agreement.parquet"):
+        assert os.path.exists(f"{second.run}/{name}"), name
+    assert m2["kind"] == "nightly" and set(m2["seconds"]) == {"scoring", "report", "total"}
+    assert sum(f["rows"] for f in m2["inputs"].values()) == m2["rows"]
+    assert {"python", "ray", "torch", "pyarrow"} <= set(m2["versions"])
+
+
+def test_the_same_night_twice_changes_nothing_and_makes_no_second_copy(nights):
+    second, again = nights["nights"][1:3]
+    assert not again.ran and again.manifest["committed_at"] == second.manifest["committed_at"]
+    ids = [m["run_id"] for m in runs.committed(nights["out"])]
+    assert ids == ["2026-11-21", "2026-11-22", "2026-11-23", "2026-11-24"]
+    assert not os.listdir(f"{nights['out']}/_staging")  # nothing left half-written
+
+
+def test_a_changed_image_and_new_joints_are_scored_and_the_rest_carried(nights):
+    second, third = nights["nights"][1], nights["nights"][3]
+    m = third.manifest
+    s2, s3 = _scores(second.run), _scores(third.run)
+    before = nights["nights"][0].manifest["rows"]
+    assert m["rows"] == before + 3 and m["carried"] == before - 1
+    assert not s3[nights["changed"]][1] and s3[nights["changed"]][0] != s2[nights["changed"]][0]
+    assert all(not s3[j][1] for j in s3 if j.startswith("new/"))
+    assert sum(carried for _, carried, _ in s3.values()) == m["carried"]
+
+
+def test_a_new_model_version_scores_everything_anew(nights):
+    third, fourth = nights["nights"][3], nights["nights"][4]
+    assert fourth.manifest["model_version"] != third.manifest["model_version"]
+    assert fourth.manifest["carried"] == 0 and fourth.manifest["carried_from"] is None
+    assert not any(carried for _, carried, _ in _scores(fourth.run).values())
+
+
+def test_runs_lists_every_committed_night_with_its_counts(nights, capsys):
+    assert cli.main(["runs", "--out", nights["out"]]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == f"4 committed runs in {nights['out']}"
+    third = next(line for line in lines if line.startswith("2026-11-23"))
+    m = nights["nights"][3].manifest
+    assert third.split()[-2:] == [str(m["carried"]), str(m["failed"])]
+    assert storage.read_json(f"{nights['nights'][3].run}/manifest.json")["run_id"] == "2026-11-23"
