@@ -12,14 +12,25 @@ matplotlib.use("Agg")  # no screen: render to memory
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Circle  # noqa: E402
 
 from erosion.domain import NUM_STAGES  # noqa: E402
 
 
+def safe_name(text: str) -> str:
+    """``text`` fit for a file name: every run of characters other than ASCII letters and digits becomes one hyphen."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")
+
+
 def file_name(reference: str, rater: str) -> str:
     """The confusion plot's file name for a pair of raters (any characters in rater names made safe)."""
-    return "confusion_" + "_vs_".join(re.sub(r"[^A-Za-z0-9]+", "-", r).strip("-") for r in (reference, rater)) + ".png"
+    return "confusion_" + "_vs_".join(safe_name(r) for r in (reference, rater)) + ".png"
+
+
+def cam_file_name(joint_id: str) -> str:
+    """The file name of a joint's Grad-CAM heat map (see :mod:`erosion.cam`)."""
+    return f"cam_{safe_name(joint_id)}.png"
 
 
 def confusion_plots(confusion: pd.DataFrame, subset: str) -> dict[str, bytes]:
@@ -42,7 +53,7 @@ def confusion_plots(confusion: pd.DataFrame, subset: str) -> dict[str, bytes]:
             ax.set(xticks=range(NUM_STAGES), yticks=range(NUM_STAGES), xlabel=f"{rater} (stage)")
             ax.set(ylabel=f"{reference} (stage)", title=title)
         fig.suptitle(f"{rater} against {reference}, {subset} (n = {counts.sum()})")
-        plots[file_name(reference, rater)] = _png(fig)
+        plots[file_name(reference, rater)] = to_png(fig)
     return plots
 
 
@@ -62,10 +73,11 @@ def venn_plot(venn: pd.DataFrame) -> dict[str, bytes]:
     ax.set(xlim=(-2.2, 2.2), ylim=(-2.2, 1.9), aspect="equal")
     ax.axis("off")
     ax.set_title(f"Agreement on {v['n']:,} joints rated by all three; no two agree on {v['none']:,}")
-    return {"venn.png": _png(fig)}
+    return {"venn.png": to_png(fig)}
 
 
-def _png(fig: plt.Figure) -> bytes:
+def to_png(fig: Figure) -> bytes:
+    """The figure as PNG bytes (110 dpi); the figure is closed."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)

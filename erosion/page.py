@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,7 @@ from erosion import agreement, figures
 from erosion.domain import ALL_JOINTS
 
 if TYPE_CHECKING:
+    from erosion.cam import Explanation
     from erosion.report import Tables
 
 STYLE = """
@@ -41,8 +43,17 @@ class Context:
     made: str  # when the report was made, ISO 8601 UTC
 
 
-def render(tables: Tables, raters: list[str], plots: dict[str, bytes], context: Context) -> str:
-    """The whole page as one HTML document (plots inline as PNG data, so the file stands alone)."""
+def render(
+    tables: Tables,
+    raters: list[str],
+    plots: dict[str, bytes],
+    context: Context,
+    explained: Sequence[Explanation] = (),
+) -> str:
+    """The whole page as one HTML document (plots inline as PNG data, so the file stands alone).
+
+    ``explained``: the joints with Grad-CAM heat maps (:func:`erosion.report.explain`), in a section of their own.
+    """
     pairs = tables.agreement
     overall = pairs[pairs["subset"] == ALL_JOINTS]
     joints = "every joint of the run" if context.split == "all" else f"the {context.split} split's patients"
@@ -86,7 +97,7 @@ def render(tables: Tables, raters: list[str], plots: dict[str, bytes], context: 
         name = figures.file_name(row.reference, row.rater)
         if name in plots:
             parts.append(_figure(plots[name], f"{row.rater} against {row.reference}, all joints (n = {row.n:,})."))
-    parts += [_reading(), _notes(pairs)]
+    parts += [_cam_section(explained, context.model, humans), _reading(), _notes(pairs)]
     title = f"Erosion agreement report, run {html.escape(str(context.run.get('run_id', '')))}"
     body = "\n".join(p for p in parts if p)
     return f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>' + (
@@ -185,6 +196,39 @@ def _venn_section(venn: pd.DataFrame, plots: dict[str, bytes]) -> str:
         f" all three gave the same stage, in each overlap those only that pair agreed on (venn.parquet)."
     )
     return "<h2>Venn diagram of agreement (venn.parquet)</h2>" + _figure(plots["venn.png"], caption)
+
+
+def _cam_section(explained: Sequence[Explanation], model: str, humans: list[str]) -> str:
+    if not explained:
+        return ""
+    links = [f'<a href="figures/{e.file}">figures/{e.file}</a>' if e.file else html.escape(e.error) for e in explained]
+    frame = pd.DataFrame(
+        {"Joint": [html.escape(e.joint_id) for e in explained]}
+        | {html.escape(r): [_stage(e.stages[r]) for e in explained] for r in [model, *humans]}
+        | {"Heat map": links}
+    )
+    parts = [
+        "<h2>What the model looked at (Grad-CAM)</h2>",
+        f"<p>The {len(explained)} joint(s) whose stage by the model lies furthest from the mean stage the human raters"
+        " gave, each with a Grad-CAM heat map (Selvaraju et al. 2017): red where the model's last convolutional"
+        " block found evidence for the stage it gave, blue where it found none. The map is as coarse as that block"
+        " (a few cells across the crop), smoothed to the crop's size: it shows the region the model relied on, not"
+        " an edge. Each map is scaled to its own maximum.</p>",
+        _table(
+            "Table 6. The most disagreed-on joints: stage by rater and heat map (figures/cam_*.png)",
+            frame,
+            escape=False,
+        ),
+    ]
+    for e in explained:
+        if e.file:
+            caption = f"{e.joint_id}: the model gave stage {_stage(e.stages[model])} (figures/{e.file})."
+            parts.append(_figure(e.png, caption))
+    return "\n".join(parts)
+
+
+def _stage(value: float) -> str:
+    return "\u2014" if np.isnan(value) else f"{value:.0f}"
 
 
 def _reading() -> str:
