@@ -5,10 +5,13 @@ A checkpoint is a folder (local or ``s3://``) of three files:
 - ``weights.pt``: the model's ``state_dict`` (``torch.load(..., weights_only=True)`` reads it);
 - ``optimizer.pt``: the optimizer's state, so that training can resume (scoring ignores it);
 - ``card.json``: the model version, the architecture's config, the class order, the pre-processing
-  settings, the training config, the epoch and the metrics history of every epoch up to it.
+  settings, the training config, the epoch, the metrics history of every epoch up to it, and the pretrained
+  weights training started from (their file and SHA-256; none: random weights).
 
 The model version is a content hash (SHA-256 over the architecture's config and every tensor's name, type,
-shape and bytes), so two checkpoints with the same weights have the same version on any machine.
+shape and bytes), so two checkpoints with the same weights have the same version on any machine. The CNN's
+config is hashed without its ``arch`` field, so that the versions of checkpoints from before VGG16 stay as
+they were.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 
 from erosion import storage
 from erosion.domain import NUM_STAGES
-from erosion.model import ErosionCNN, ModelConfig
+from erosion.model import ModelConfig, build_model
 
 CARD = "card.json"
 WEIGHTS = "weights.pt"
@@ -40,6 +43,7 @@ class ModelCard:
     train: dict = field(default_factory=dict)  # the training config, as JSON
     classes: list[int] = field(default_factory=lambda: list(range(NUM_STAGES)))  # output k = Ratingen stage k
     preprocess: dict = field(default_factory=dict)
+    pretrained: dict | None = None  # {"file", "sha256"} of the weights training started from; None: random
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -56,7 +60,10 @@ def preprocess_settings(config: ModelConfig) -> dict:
 
 def model_version(state: dict[str, torch.Tensor], config: ModelConfig) -> str:
     """A content hash of the weights and the architecture: 16 hex digits of SHA-256."""
-    digest = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode())
+    described = asdict(config)
+    if described["arch"] == "cnn":
+        del described["arch"]  # as before there was a choice
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
     for name in sorted(state):
         tensor = state[name].detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
@@ -92,10 +99,10 @@ def read_card(directory: str, options: storage.StorageOptions | None = None) -> 
 
 def load(
     directory: str, device: str | torch.device = "cpu", options: storage.StorageOptions | None = None
-) -> tuple[ErosionCNN, ModelCard]:
+) -> tuple[torch.nn.Module, ModelCard]:
     """The model in eval mode on ``device`` and its card, from a checkpoint folder or a training run's folder."""
     card = read_card(directory, options)
-    model = ErosionCNN(card.model)
+    model = build_model(card.model)
     state = torch.load(io.BytesIO(_read(directory, WEIGHTS, options)), map_location="cpu", weights_only=True)
     if model_version(state, card.model) != card.model_version:
         raise ValueError(f"{directory}: the weights do not match the card's model version {card.model_version}.")

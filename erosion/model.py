@@ -5,19 +5,31 @@ norm and ReLU, then 2x2 max pooling. At 150x150 input this leaves 2x2x128 featur
 (512 and 256 units: dense, batch norm, ReLU, dropout) and a six-way output with batch norm follow. With
 the default config it has exactly 1,072,818 trainable parameters, as published. ``width`` and
 ``input_size`` shrink it for CPU runs (tests, demo), keeping the architecture.
+
+The paper's second model (``arch="vgg16"``) is torchvision's VGG16 with its last layer replaced by six outputs,
+for transfer learning from ImageNet weights read from a local file (:func:`load_pretrained`; nothing is
+downloaded). Both models take the same input, grey crops scaled to [0, 1]; VGG16 repeats the grey channel three
+times and normalises with ImageNet's mean and standard deviation inside its forward pass. Its adaptive average
+pooling brings any input of at least 32x32 (five 2x2 poolings) to the 7x7x512 that its classifier expects.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from torchvision.models import vgg16
 
 from erosion.domain import NUM_STAGES
 
 BLOCK_FILTERS = (32, 32, 64, 64, 128, 128)
+ARCHITECTURES = ("cnn", "vgg16")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # of RGB in [0, 1]: what torchvision's ImageNet weights were trained on
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -25,8 +37,22 @@ class ModelConfig:
     """The architecture's knobs; the defaults are the paper's."""
 
     input_size: int = 150  # crops are letterboxed to input_size x input_size
-    width: float = 1.0  # multiplies every filter and unit count (0.5: half width)
-    dropout: float = 0.5  # in the two dense blocks
+    width: float = 1.0  # multiplies every filter and unit count (0.5: half width); the CNN only
+    dropout: float = 0.5  # in the two dense blocks (VGG16: in its classifier's two)
+    arch: str = "cnn"  # "cnn": the paper's CNN; "vgg16": torchvision's VGG16 with six outputs
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {ARCHITECTURES}, got {self.arch!r}.")
+        if self.arch == "vgg16" and self.width != 1.0:
+            raise ValueError(f"width applies to the CNN only; VGG16 needs width 1.0, got {self.width}.")
+        if self.arch == "vgg16" and self.input_size < 32:
+            raise ValueError(f"VGG16 needs input_size >= 32 for its five 2x2 poolings, got {self.input_size}.")
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """The model ``config.arch`` names, with random weights (seeded by ``torch.manual_seed``)."""
+    return ErosionVGG16(config) if config.arch == "vgg16" else ErosionCNN(config)
 
 
 class ErosionCNN(nn.Module):
@@ -34,6 +60,8 @@ class ErosionCNN(nn.Module):
 
     def __init__(self, config: ModelConfig = ModelConfig()) -> None:
         super().__init__()
+        if config.arch != "cnn":
+            raise ValueError(f"ErosionCNN builds arch 'cnn', got {config.arch!r}: use build_model.")
         layers: list[nn.Module] = []
         channels, size = 1, config.input_size
         for filters in BLOCK_FILTERS:
@@ -54,6 +82,57 @@ class ErosionCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+class ErosionVGG16(nn.Module):
+    """torchvision's VGG16 (configuration D, no batch norm) with six outputs, on grey crops in [0, 1].
+
+    ``features``, ``avgpool`` and ``classifier`` are torchvision's modules under torchvision's names, so that a
+    torchvision ``vgg16`` state_dict fits every layer but the replaced last one (``classifier.6``).
+    """
+
+    def __init__(self, config: ModelConfig = ModelConfig(arch="vgg16")) -> None:
+        super().__init__()
+        if config.arch != "vgg16":
+            raise ValueError(f"ErosionVGG16 builds arch 'vgg16', got {config.arch!r}: use build_model.")
+        vgg = vgg16(weights=None, dropout=config.dropout)
+        vgg.classifier[-1] = nn.Linear(vgg.classifier[-1].in_features, NUM_STAGES)
+        self.features, self.avgpool, self.classifier = vgg.features, vgg.avgpool, vgg.classifier
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std  # grey -> RGB, as ImageNet's weights expect
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a local file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_pretrained(model: ErosionVGG16, path: str) -> str:
+    """Copy a torchvision ``vgg16`` state_dict in a local file into every layer but the last; returns its SHA-256.
+
+    Nothing is downloaded: ``path`` is a local file, e.g. torchvision's ``vgg16-397923af.pth`` (ImageNet) fetched
+    beforehand. The last layer (1000 ImageNet classes) keeps its random weights; its six outputs are trained.
+    """
+    if "://" in path or not Path(path).is_file():
+        raise FileNotFoundError(f"pretrained weights must be a local file (nothing is downloaded), got {path!r}.")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    wanted = {name: tensor for name, tensor in model.state_dict().items() if not name.startswith("classifier.6.")}
+    missing = sorted(name for name in wanted if name not in state)
+    mismatched = sorted(name for name in wanted if name in state and state[name].shape != wanted[name].shape)
+    if missing or mismatched:
+        raise ValueError(
+            f"{path} is not a torchvision vgg16 state_dict: missing {missing[:3]}, wrong shape {mismatched[:3]}."
+        )
+    model.load_state_dict({name: state[name] for name in wanted}, strict=False)
+    return file_sha256(path)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -9,6 +9,12 @@ cross-entropy; DDP averages the gradients. After every epoch rank 0 reports the 
 and the latest. A worker that dies is replaced and the run goes on from the latest checkpoint; the same
 command with the same run name resumes a stopped run. When the run ends, the best checkpoint, with the full
 history on its card, is published as ``<out>/<name>/model``: that folder is what scoring loads.
+
+Transfer learning (``model.arch == "vgg16"``, the paper's second model) trains in two phases: for the first
+``frozen_epochs`` the convolutional ``features`` are frozen (no gradients, not in the optimizer) and Adam at
+``frozen_lr`` trains the classifier; then every layer trains, with a fresh Adam at ``finetune_lr``. The phase
+of an epoch follows from its number, so a resumed run picks up the phase it stopped in; every epoch's metrics
+say which phase it trained in and at which learning rate.
 """
 
 from __future__ import annotations
@@ -29,9 +35,10 @@ from torch import nn
 
 from erosion import agreement, checkpoint, datasets, domain, storage
 from erosion.augment import AugmentConfig, augment
-from erosion.model import ErosionCNN, ModelConfig
+from erosion.model import ModelConfig, build_model, file_sha256, load_pretrained
 
 SCORE = "val_balanced_accuracy"  # the metric that picks the best checkpoint
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,12 +53,16 @@ class TrainConfig:
     gpus_per_worker: float = 0.0  # > 0 trains on GPUs (bf16 autocast, channels-last)
     cpus_per_worker: float = 0.5  # leave CPUs for Ray Data's read and decode tasks
     batch_size: int = 128  # per worker
-    learning_rate: float = 1e-3
+    learning_rate: float = 1e-3  # the CNN's
     weighted_loss: bool = True  # balanced class weights of the training split; False: plain cross-entropy
     seed: int = 0
     shuffle_buffer: int = 1024  # rows each worker shuffles locally (blocks are also read in random order)
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    pretrained: str | None = None  # vgg16: a local torchvision vgg16 state_dict (ImageNet); None: random weights
+    frozen_epochs: int = 25  # vgg16: the first epochs train the classifier only, on frozen features
+    frozen_lr: float = 1e-4  # vgg16: Adam's learning rate while the features are frozen
+    finetune_lr: float = 1e-5  # vgg16: Adam's learning rate once every layer trains
     max_failures: int = 2  # worker failures the run survives
     fail_at_epoch: int | None = None  # for tests: the last worker dies once, in the first batch of this epoch
 
@@ -79,7 +90,7 @@ def train(config: TrainConfig) -> TrainResult:
     weights = domain.balanced_class_weights(train_labels).tolist() if config.weighted_loss else None
     trainer = ray.train.torch.TorchTrainer(
         _train_worker,
-        train_loop_config={"config": config, "class_weights": weights},
+        train_loop_config={"config": config, "class_weights": weights, "pretrained": pretrained_weights(config)},
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.workers,
             use_gpu=config.gpus_per_worker > 0,
@@ -98,6 +109,38 @@ def _check(config: TrainConfig) -> None:
         raise ValueError("epochs, workers and batch size must be at least 1.")
     if config.fail_at_epoch is not None and not 1 <= config.fail_at_epoch < config.epochs:
         raise ValueError("fail_at_epoch must come after a first checkpoint: 1 <= fail_at_epoch < epochs.")
+    if config.pretrained and config.model.arch != "vgg16":
+        raise ValueError(f"pretrained weights are for arch 'vgg16', got arch {config.model.arch!r}.")
+    if config.model.arch == "vgg16" and config.frozen_epochs < 0:
+        raise ValueError(f"frozen_epochs must be at least 0, got {config.frozen_epochs}.")
+
+
+def pretrained_weights(config: TrainConfig) -> dict | None:
+    """The file and SHA-256 of the weights a vgg16 run starts from, checked before any worker starts; None: random.
+
+    Says so (a warning) when vgg16 starts from random weights, and when it would never leave the frozen phase.
+    """
+    if config.model.arch != "vgg16":
+        return None
+    if config.frozen_epochs >= config.epochs:
+        log.warning(
+            "vgg16: all %d epochs train on frozen features (frozen_epochs %d)", config.epochs, config.frozen_epochs
+        )
+    if not config.pretrained:
+        log.warning("vgg16 starts from random weights: no pretrained weights file given (nothing is downloaded)")
+        return None
+    if "://" in config.pretrained or not os.path.isfile(config.pretrained):
+        raise FileNotFoundError(f"pretrained weights must be a local file, got {config.pretrained!r}.")
+    return {"file": os.path.abspath(config.pretrained), "sha256": file_sha256(config.pretrained)}
+
+
+def phase(config: TrainConfig, epoch: int) -> tuple[bool, float]:
+    """Whether ``epoch`` (0-based) trains on frozen features, and its learning rate."""
+    if config.model.arch == "cnn":
+        return False, config.learning_rate
+    if epoch < config.frozen_epochs:
+        return True, config.frozen_lr
+    return False, config.finetune_lr
 
 
 def _gpus(config: TrainConfig) -> dict:
@@ -148,40 +191,68 @@ def _train_worker(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     on_gpu = device.type == "cuda"
     torch.manual_seed(config.seed)
-    net = ErosionCNN(config.model)
+    net = build_model(config.model)
     history: list[dict] = []
+    pretrained = loop_config["pretrained"]
     resumed = ray.train.get_checkpoint()
     if resumed:
         with resumed.as_directory() as directory:
             net, card = checkpoint.load(directory)
             optimizer_state = checkpoint.load_optimizer_state(directory)
-            history = card.history
+            history, pretrained = card.history, card.pretrained
+    elif pretrained:
+        if load_pretrained(net, pretrained["file"]) != pretrained["sha256"]:
+            raise ValueError(f"{pretrained['file']} on this worker is not the file the driver checked.")
     if on_gpu:
         net = net.to(memory_format=torch.channels_last)
-    model = ray.train.torch.prepare_model(net)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    if resumed:
-        optimizer.load_state_dict(optimizer_state)
     weights = loop_config["class_weights"]
     class_weights = torch.tensor(weights, device=device) if weights else torch.ones(domain.NUM_STAGES, device=device)
     generator = torch.Generator(device=device)
     start = len(history)
+    current = False
     for epoch in range(start, config.epochs):
+        frozen, learning_rate = phase(config, epoch)
+        if epoch == start or frozen != current:
+            model = optimizer = None  # drop the last DDP wrapper and its gradient hooks before wrapping anew
+            model, optimizer = _prepare(net, frozen, learning_rate)
+            if resumed and epoch == start and history[-1].get("frozen_features", False) == frozen:
+                optimizer.load_state_dict(optimizer_state)  # the same phase: the same parameters in the optimizer
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate
+            current = frozen
         began = time.perf_counter()
         generator.manual_seed(config.seed * 1_000_003 + epoch * 1_009 + rank)
-        fail = config.fail_at_epoch == epoch and start == 0 and rank == world - 1
+        fail = config.fail_at_epoch == epoch and start < epoch and rank == world - 1  # once: not after the restart
         loss, rows = _train_epoch(model, optimizer, class_weights, generator, config, fail)
         seconds = time.perf_counter() - began
         metrics = {"epoch": epoch, "attempt_start_epoch": start, "train_loss": loss, "train_rows": rows}
+        metrics |= {"frozen_features": frozen, **_optimized(optimizer)}
         metrics["train_crops_per_s"] = rows / seconds  # all workers together
         if rank == 0:
             metrics |= _evaluate(net, class_weights, config, on_gpu)
             metrics["seconds"] = time.perf_counter() - began
-            _report_with_checkpoint(net, optimizer, config, history + [metrics])
+            _report_with_checkpoint(net, optimizer, config, history + [metrics], pretrained)
             print(_progress(metrics, config.epochs), flush=True)
         else:
             ray.train.report(metrics, checkpoint=None)
         history.append(metrics)
+
+
+def _prepare(net: nn.Module, frozen: bool, learning_rate: float) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The model wrapped for Ray Train (DDP across workers) and Adam over the parameters that train.
+
+    DDP reduces the gradients of the parameters that required them when it wrapped the model, so the model is
+    wrapped anew whenever the frozen features thaw.
+    """
+    net.features.requires_grad_(not frozen)
+    model = ray.train.torch.prepare_model(net)
+    return model, torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
+
+
+def _optimized(optimizer: torch.optim.Optimizer) -> dict:
+    """What the optimizer trains: its parameter count and learning rate."""
+    groups = optimizer.param_groups
+    return {"trained_parameters": sum(p.numel() for g in groups for p in g["params"]), "learning_rate": groups[0]["lr"]}
 
 
 def _train_epoch(
@@ -272,7 +343,7 @@ def _scaled(pixels: torch.Tensor, on_gpu: bool) -> torch.Tensor:
 
 
 def _report_with_checkpoint(
-    net: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, history: list[dict]
+    net: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, history: list[dict], pretrained: dict | None
 ) -> None:
     card = checkpoint.ModelCard(
         model_version="",
@@ -281,6 +352,7 @@ def _report_with_checkpoint(
         history=history,
         train=_as_json(config),
         preprocess=checkpoint.preprocess_settings(config.model),
+        pretrained=pretrained,
     )
     with tempfile.TemporaryDirectory() as directory:
         checkpoint.write(directory, net, card, optimizer)
@@ -294,8 +366,9 @@ def _as_json(config: TrainConfig) -> dict:
 
 
 def _progress(metrics: dict, epochs: int) -> str:
+    frozen = ", frozen features" if metrics["frozen_features"] else ""
     return (
-        f"epoch {metrics['epoch'] + 1}/{epochs}: train loss {metrics['train_loss']:.3f} "
+        f"epoch {metrics['epoch'] + 1}/{epochs}{frozen}: train loss {metrics['train_loss']:.3f} "
         f"({metrics['train_rows']} crops, {metrics['train_crops_per_s']:.0f}/s) | "
         f"val loss {metrics['val_loss']:.3f}, accuracy "
         f"{metrics['val_accuracy']:.3f}, balanced {metrics['val_balanced_accuracy']:.3f}, "
