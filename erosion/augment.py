@@ -55,3 +55,18 @@ def augment(images: torch.Tensor, config: AugmentConfig, generator: torch.Genera
     matrices = affine_matrices(images.shape[0], config, generator).to(images.dtype)
     grid = F.affine_grid(matrices, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def views(n: int, config: AugmentConfig = AugmentConfig(), seed: int = 0) -> torch.Tensor:
+    """(n, 2, 3) fixed transforms for test-time augmentation: the training augmentations, drawn once from a seed.
+
+    Every crop gets the same n views, so its averaged score does not depend on the batch it was scored in.
+    """
+    return affine_matrices(n, config, torch.Generator().manual_seed(seed))
+
+
+def transform(images: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """A float batch (N, C, H, W) resampled by one (2, 3) transform, the same for every sample."""
+    matrices = matrix.to(images.device, images.dtype).expand(images.shape[0], 2, 3)
+    grid = F.affine_grid(matrices, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

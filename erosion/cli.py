@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import tempfile
@@ -13,7 +14,7 @@ from erosion import evaluate, ingest, report, runs, storage, synth, validate
 from erosion.agreement import ICC_FORMS
 from erosion.augment import NO_AUGMENTATION, AugmentConfig
 from erosion.domain import ALL_JOINTS
-from erosion.model import ModelConfig
+from erosion.model import ARCHITECTURES, ModelConfig
 
 if TYPE_CHECKING:
     from erosion import scoring, training
@@ -65,28 +66,22 @@ def parser() -> argparse.ArgumentParser:
     _storage_arguments(p)
     p.set_defaults(run=_validate)
 
-    p = commands.add_parser("train", help="train the CNN on Ray Train (resumes a run of the same --name)")
-    p.add_argument("--registry", required=True)
-    p.add_argument("--ratings", required=True)
-    p.add_argument("--out", required=True, help="folder or s3:// URL; the run lives in <out>/<name>")
+    p = commands.add_parser("train", help="train the CNN or VGG16 on Ray Train (resumes a run of the same --name)")
+    _training_arguments(p, out="folder or s3:// URL; the run lives in <out>/<name>", epochs=10)
     p.add_argument("--name", default="erosion", help="run name; the same name resumes the run")
-    p.add_argument("--rater", default="registry", help="whose stages are the labels")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--gpus-per-worker", type=float, default=0.0)
-    p.add_argument("--cpus-per-worker", type=float, default=0.5)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128, help="per worker")
-    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--unweighted", action="store_true", help="plain cross-entropy instead of class-weighted")
-    p.add_argument("--input-size", type=int, default=150, help="150: the paper's; 64 trains fast on CPU")
-    p.add_argument("--width", type=float, default=1.0, help="1: the paper's; 0.25 trains fast on CPU")
-    p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--max-failures", type=int, default=2)
-    p.add_argument("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS or a local Ray)")
-    _storage_arguments(p)
+    p.add_argument("--arch", choices=ARCHITECTURES, default="cnn", help="cnn: the paper's CNN; vgg16: transfer")
+    p.add_argument("--pretrained", default=None, help="vgg16: local torchvision vgg16 .pth (ImageNet); else random")
+    p.add_argument("--frozen-epochs", type=int, default=25, help="vgg16: epochs on frozen features, then all layers")
+    p.add_argument("--frozen-lr", type=float, default=1e-4, help="vgg16: learning rate while the features are frozen")
+    p.add_argument("--finetune-lr", type=float, default=1e-5, help="vgg16: learning rate once all layers train")
     p.set_defaults(run=_train)
+
+    p = commands.add_parser("experiment", help="the paper's experiments: variants trained and compared on one split")
+    p.add_argument("kind", choices=("loss",), help="loss: unweighted vs class-weighted cross-entropy (Table 2)")
+    _training_arguments(p, out="each variant's run lives in <out>/<variant>; the tables and plots in <out>", epochs=5)
+    p.add_argument("--truth", default=None, help="a synthetic registry's truth/ table, to compare with too")
+    p.set_defaults(run=_experiment)
 
     p = commands.add_parser("evaluate", help="a trained model's accuracies on one split (plain process, no Ray)")
     p.add_argument("--model", required=True, help="a training run's folder or its model/")
@@ -100,16 +95,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_evaluate)
 
     p = commands.add_parser("score", help="score a registry with a trained model on Ray Data; scores and Rau scores")
-    p.add_argument("--registry", required=True)
-    p.add_argument("--model", required=True, help="a training run's folder (erosion train's <out>/<name>)")
-    p.add_argument("--out", required=True, help="runs are committed to <out>/<run-id>/")
-    p.add_argument("--run-id", default="", help="default: the start time, UTC (e.g. 20261123T020000Z)")
-    p.add_argument("--batch-size", type=int, default=256, help="crops per model call")
-    p.add_argument("--actors", type=int, default=1, help="model actors")
-    p.add_argument("--gpus-per-actor", type=float, default=0.0)
-    p.add_argument("--cpus-per-actor", type=float, default=0.5)
-    p.add_argument("--address", default=None, help="a Ray cluster to join (default: $RAY_ADDRESS or a local Ray)")
-    _storage_arguments(p)
+    _scoring_arguments(p, run_id="default: the start time, UTC (e.g. 20261123T020000Z)")
     p.set_defaults(run=_score)
 
     p = commands.add_parser("report", help="agreement of the model with each human rater: Parquet, plots, HTML")
@@ -120,22 +106,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--icc-form", choices=tuple(ICC_FORMS), default="ICC2", help="the ICC form the page shows")
     p.add_argument("--venn", default="", help="three comma-separated raters (default: the model and two humans)")
+    p.add_argument("--cam", type=int, default=0, help="Grad-CAM heat maps of the N most disagreed-on joints")
+    p.add_argument("--registry", default="", help="the registry the heat maps' crops come from (default: the run's)")
     _storage_arguments(p)
     p.set_defaults(run=_report)
 
     p = commands.add_parser("nightly", help="one dated run: score (carrying unchanged joints over), Rau, report")
-    p.add_argument("--registry", required=True)
-    p.add_argument("--model", required=True, help="the current model: a training run's folder")
     p.add_argument("--ratings", required=True, help="the ratings table, for the agreement report")
-    p.add_argument("--out", required=True, help="runs are committed to <out>/<run-id>/")
-    p.add_argument("--run-id", default="", help="default: today's date, UTC (e.g. 2026-11-23)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--actors", type=int, default=1)
-    p.add_argument("--gpus-per-actor", type=float, default=0.0)
-    p.add_argument("--cpus-per-actor", type=float, default=0.5)
+    _scoring_arguments(p, run_id="default: today's date, UTC (e.g. 2026-11-23)")
     p.add_argument("--report-split", choices=("all", *SPLITS), default="all")
-    p.add_argument("--address", default=None, help="a Ray cluster to join (default: $RAY_ADDRESS or a local Ray)")
-    _storage_arguments(p)
     p.set_defaults(run=_nightly)
 
     p = commands.add_parser("runs", help="the committed runs under a folder, with their counts")
@@ -177,6 +156,42 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=3)
     p.set_defaults(run=_demo)
     return top
+
+
+def _training_arguments(p: argparse.ArgumentParser, out: str, epochs: int) -> None:
+    p.add_argument("--registry", required=True)
+    p.add_argument("--ratings", required=True)
+    p.add_argument("--out", required=True, help=out)
+    p.add_argument("--rater", default="registry", help="whose stages are the labels")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--gpus-per-worker", type=float, default=0.0)
+    p.add_argument("--cpus-per-worker", type=float, default=0.5)
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch-size", type=int, default=128, help="per worker")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--input-size", type=int, default=150, help="150: the paper's; 64 trains fast on CPU")
+    p.add_argument("--width", type=float, default=1.0, help="1: the paper's; 0.25 trains fast on CPU")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--max-failures", type=int, default=2)
+    p.add_argument("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS or a local Ray)")
+    _storage_arguments(p)
+
+
+def _scoring_arguments(p: argparse.ArgumentParser, run_id: str) -> None:
+    p.add_argument("--registry", required=True)
+    p.add_argument("--model", required=True, help="a training run's folder (erosion train's <out>/<name>)")
+    p.add_argument("--out", required=True, help="runs are committed to <out>/<run-id>/")
+    p.add_argument("--run-id", default="", help=run_id)
+    p.add_argument("--batch-size", type=int, default=256, help="crops per model call")
+    p.add_argument("--actors", type=int, default=1, help="model actors")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0)
+    p.add_argument("--cpus-per-actor", type=float, default=0.5)
+    p.add_argument("--tta", type=int, default=0, help="test-time augmentation: mean over this many augmented views")
+    p.add_argument("--tta-seed", type=int, default=0, help="the seed the views are drawn from")
+    p.add_argument("--address", default=None, help="a Ray cluster to join (default: $RAY_ADDRESS or a local Ray)")
+    _storage_arguments(p)
 
 
 def _storage_arguments(p: argparse.ArgumentParser) -> None:
@@ -227,32 +242,63 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from erosion import datasets, runtime, training  # Ray only where a command needs it
+    from erosion import runtime, training  # Ray only where a command needs it
 
-    config = training.TrainConfig(
-        data=datasets.LabelSet(args.registry, args.ratings, args.rater, args.split_seed, _options(args)),
-        out=args.out,
+    config = _train_config(args)
+    config = dataclasses.replace(
+        config,
         name=args.name,
-        epochs=args.epochs,
-        workers=args.workers,
-        gpus_per_worker=args.gpus_per_worker,
-        cpus_per_worker=args.cpus_per_worker,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
         weighted_loss=not args.unweighted,
-        seed=args.seed,
-        model=ModelConfig(input_size=args.input_size, width=args.width),
-        augment=NO_AUGMENTATION if args.no_augment else AugmentConfig(),
-        max_failures=args.max_failures,
+        model=dataclasses.replace(config.model, arch=args.arch),
+        pretrained=args.pretrained,
+        frozen_epochs=args.frozen_epochs,
+        frozen_lr=args.frozen_lr,
+        finetune_lr=args.finetune_lr,
     )
     runtime.init_ray(args.address)
     _print_training(training.train(config))
     return 0
 
 
+def _train_config(args: argparse.Namespace) -> training.TrainConfig:
+    from erosion import datasets, training
+
+    return training.TrainConfig(
+        data=datasets.LabelSet(args.registry, args.ratings, args.rater, args.split_seed, _options(args)),
+        out=args.out,
+        epochs=args.epochs,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        cpus_per_worker=args.cpus_per_worker,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        seed=args.seed,
+        model=ModelConfig(input_size=args.input_size, width=args.width),
+        augment=NO_AUGMENTATION if args.no_augment else AugmentConfig(),
+        max_failures=args.max_failures,
+    )
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    from erosion import experiments, runtime  # Ray only where a command needs it
+
+    config = experiments.ExperimentConfig(base=_train_config(args), truth=args.truth or "")
+    runtime.init_ray(args.address)
+    table, confusion = experiments.compare(config, experiments.loss_variants(config.base))
+    experiments.write(args.out, table, confusion, _options(args))
+    model = config.base.model
+    print(f"{args.kind} experiment: {model} input, {config.base.epochs} epochs, split seed {args.split_seed}")
+    print(experiments.markdown(table), end="")
+    print(f"tables and plots in {args.out}")
+    return 0
+
+
 def _print_training(result: training.TrainResult) -> None:
     card, best = result.card, result.best
-    model = "the paper's model" if card.model == ModelConfig() else f"a reduced model ({card.model})"
+    if card.model.arch != "cnn":
+        model = f"{card.model.arch} ({card.model.input_size} px, {'pretrained' if card.pretrained else 'random start'})"
+    else:
+        model = "the paper's model" if card.model == ModelConfig() else f"a reduced model ({card.model})"
     print(f"trained {model}, {len(card.history)} epochs; best epoch {card.epoch + 1} by validation balanced accuracy:")
     print(
         f"    accuracy {best['val_accuracy']:.3f}, balanced {best['val_balanced_accuracy']:.3f}, "
@@ -264,7 +310,15 @@ def _print_training(result: training.TrainResult) -> None:
 def _score(args: argparse.Namespace) -> int:
     from erosion import runtime, scoring  # Ray only where a command needs it
 
-    config = scoring.ScoreConfig(
+    runtime.init_ray(args.address)
+    _print_scoring(scoring.score(_score_config(args)))
+    return 0
+
+
+def _score_config(args: argparse.Namespace) -> scoring.ScoreConfig:
+    from erosion import scoring
+
+    return scoring.ScoreConfig(
         registry=args.registry,
         model=args.model,
         out=args.out,
@@ -273,11 +327,10 @@ def _score(args: argparse.Namespace) -> int:
         actors=args.actors,
         gpus_per_actor=args.gpus_per_actor,
         cpus_per_actor=args.cpus_per_actor,
+        tta=args.tta,
+        tta_seed=args.tta_seed,
         options=_options(args),
     )
-    runtime.init_ray(args.address)
-    _print_scoring(scoring.score(config))
-    return 0
 
 
 def _print_scoring(result: scoring.ScoreResult) -> None:
@@ -301,6 +354,8 @@ def _report(args: argparse.Namespace) -> int:
         split_seed=args.split_seed,
         icc_form=args.icc_form,
         venn=tuple(r for r in args.venn.split(",") if r),
+        cam=args.cam,
+        registry=args.registry,
         options=_options(args),
     )
     _print_report(report.report(config), args.icc_form)
@@ -330,19 +385,7 @@ def _print_report(result: report.ReportResult, icc_form: str = "ICC2") -> None:
 def _nightly(args: argparse.Namespace) -> int:
     from erosion import nightly, runtime  # Ray only where a command needs it
 
-    config = nightly.NightlyConfig(
-        registry=args.registry,
-        model=args.model,
-        ratings=args.ratings,
-        out=args.out,
-        run_id=args.run_id,
-        batch_size=args.batch_size,
-        actors=args.actors,
-        gpus_per_actor=args.gpus_per_actor,
-        cpus_per_actor=args.cpus_per_actor,
-        report_split=args.report_split,
-        options=_options(args),
-    )
+    config = nightly.NightlyConfig(_score_config(args), ratings=args.ratings, report_split=args.report_split)
     runtime.init_ray(args.address)
     result = nightly.nightly(config)
     m = result.manifest

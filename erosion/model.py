@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torchvision.models import vgg16
 
+from erosion.augment import transform
 from erosion.domain import NUM_STAGES
 
 BLOCK_FILTERS = (32, 32, 64, 64, 128, 128)
@@ -140,17 +141,23 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def probabilities(model: nn.Module, pixels: np.ndarray) -> np.ndarray:
+def probabilities(model: nn.Module, pixels: np.ndarray, views: torch.Tensor | None = None) -> np.ndarray:
     """(N, 6) float32 stage probabilities of (N, S, S) uint8 crops; scaled to [0, 1] on the model's device.
 
-    The model must be in eval mode. On a GPU the batch runs channels-last under bf16 autocast (as in training).
+    With ``views`` ((V, 2, 3) transforms, ``augment.views``), the mean of the probabilities over the V
+    transformed copies of each crop (test-time augmentation). The model must be in eval mode. On a GPU the
+    batch runs channels-last under bf16 autocast (as in training).
     """
     device = next(model.parameters()).device
     batch = torch.from_numpy(pixels).to(device, non_blocking=True).unsqueeze(1).float().div_(255)
+    copies = [batch] if views is None else [transform(batch, view) for view in views]
     with torch.inference_mode():
-        if device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                logits = model(batch.contiguous(memory_format=torch.channels_last))
-        else:
-            logits = model(batch)
-        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+        total = 0
+        for copy in copies:
+            if device.type == "cuda":
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    logits = model(copy.contiguous(memory_format=torch.channels_last))
+            else:
+                logits = model(copy)
+            total = total + torch.softmax(logits.float(), dim=1)
+        return (total / len(copies)).cpu().numpy()

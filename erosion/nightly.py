@@ -17,26 +17,18 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from erosion import checkpoint, report, runs, scoring, storage
 
 
 @dataclass(frozen=True)
 class NightlyConfig:
-    """One night's run."""
+    """One night's run: how to score (its run id defaults to the date, UTC), and the report's ratings."""
 
-    registry: str
-    model: str  # the current model: a training run's folder or a checkpoint
+    scoring: scoring.ScoreConfig  # registry, the current model, out, run_id, actors...; carry_from is set here
     ratings: str  # for the agreement report
-    out: str  # runs are committed to <out>/<run_id>/
-    run_id: str = ""  # default: the date, UTC, e.g. 2026-11-23
-    batch_size: int = 256
-    actors: int = 1
-    gpus_per_actor: float = 0.0
-    cpus_per_actor: float = 0.5
     report_split: str = "all"  # the report's joints: all, or one patient split
-    options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
 
 
 @dataclass(frozen=True)
@@ -52,32 +44,22 @@ class NightlyResult:
 def nightly(config: NightlyConfig) -> NightlyResult:
     """Score, carry over, report and commit one night; Ray must be initialised."""
     began = time.monotonic()
-    run_id = config.run_id or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
-    version = checkpoint.read_card(config.model, config.options).model_version
-    inputs = storage.snapshot(config.registry, config.options)
-    earlier = runs.committed(config.out, config.options)
+    base, options = config.scoring, config.scoring.options
+    run_id = base.run_id or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+    version = checkpoint.read_card(base.model, options).model_version
+    inputs = storage.snapshot(base.registry, options)
+    earlier = runs.committed(base.out, options)
     same_night = [m for m in earlier if m.get("run_id") == run_id]
     if same_night and same_night[0].get("model_version") == version and same_night[0].get("inputs") == inputs:
         return NightlyResult(run=same_night[0]["run"], manifest=same_night[0], ran=False)
     carry_from = next((m["run"] for m in reversed(earlier) if m.get("kind") in ("score", "nightly")), "")
 
-    staging = runs.begin(config.out, run_id, config.options)
-    settings = scoring.ScoreConfig(
-        registry=config.registry,
-        model=config.model,
-        out=config.out,
-        run_id=run_id,
-        batch_size=config.batch_size,
-        actors=config.actors,
-        gpus_per_actor=config.gpus_per_actor,
-        cpus_per_actor=config.cpus_per_actor,
-        options=config.options,
-        carry_from=carry_from,
-    )
+    staging = runs.begin(base.out, run_id, options)
+    settings = dataclasses.replace(base, run_id=run_id, carry_from=carry_from)
     scored = scoring.score_into(settings, run_id, staging)
     scored_at = time.monotonic()
     reported = report.build(
-        report.ReportConfig(scores=staging, ratings=config.ratings, split=config.report_split, options=config.options),
+        report.ReportConfig(scores=staging, ratings=config.ratings, split=config.report_split, options=options),
         f"{staging}/report",
         run=scored.manifest,
     )
@@ -87,7 +69,7 @@ def nightly(config: NightlyConfig) -> NightlyResult:
         "ratings": config.ratings,
         "raters": reported.raters,
         "outputs": scored.manifest["outputs"] | {"report": "report/report.html"},
-        "config": dataclasses.asdict(config) | {"run_id": run_id, "options": None},
+        "config": scored.manifest["config"] | {"ratings": config.ratings, "report_split": config.report_split},
         "seconds": {
             "scoring": round(scored_at - began, 3),
             "report": round(time.monotonic() - scored_at, 3),
@@ -95,6 +77,6 @@ def nightly(config: NightlyConfig) -> NightlyResult:
         },
         "committed_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    run = runs.commit(config.out, run_id, manifest, config.options)
+    run = runs.commit(base.out, run_id, manifest, options)
     reported = dataclasses.replace(reported, out=f"{run}/report", html=f"{run}/report/report.html")
     return NightlyResult(run=run, manifest=manifest, ran=True, report=reported)

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import ray
 import torch
 
-from erosion import carry, checkpoint, datasets, decoding, domain, rau, runs, schema, storage
+from erosion import augment, carry, checkpoint, datasets, decoding, domain, rau, runs, schema, storage
 from erosion.model import probabilities
 
 EXAMPLES = 20  # failed rows named in the result (all of them are in the scores)
@@ -51,6 +51,8 @@ class ScoreConfig:
     options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
     crash_decode_once: str | None = None  # for tests: a marker file; the first decode task to miss it dies once
     carry_from: str = ""  # an earlier committed run: its scores of unchanged joints are carried over (same model)
+    tta: int = 0  # > 0: the mean probabilities over this many fixed augmented views of each crop (seeded)
+    tta_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,7 @@ def model_scores(crops: ray.data.Dataset, config: ScoreConfig, run_id: str) -> r
             "run_id": run_id,
             "device": "cuda" if config.gpus_per_actor > 0 else "cpu",
             "options": config.options,
+            "views": augment.views(config.tta, seed=config.tta_seed) if config.tta else None,
         },
         batch_size=config.batch_size,
         batch_format="pyarrow",
@@ -169,8 +172,16 @@ def model_scores(crops: ray.data.Dataset, config: ScoreConfig, run_id: str) -> r
 class Scorer:
     """A model actor: loads the checkpoint once, then turns batches of decoded crops into score rows."""
 
-    def __init__(self, model: str, run_id: str, device: str, options: storage.StorageOptions) -> None:
+    def __init__(
+        self,
+        model: str,
+        run_id: str,
+        device: str,
+        options: storage.StorageOptions,
+        views: torch.Tensor | None = None,
+    ) -> None:
         self.model, card = checkpoint.load(model, device, options)
+        self.views = views
         if device == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.size = card.preprocess["input_size"]
@@ -181,7 +192,7 @@ class Scorer:
         ok = pc.is_null(batch["error"]).to_numpy(zero_copy_only=False) & ~carried
         probs = np.zeros((batch.num_rows, domain.NUM_STAGES), dtype=np.float32)
         if ok.any():
-            probs[ok] = probabilities(self.model, decoding.pixel_view(batch["pixels"], self.size)[ok])
+            probs[ok] = probabilities(self.model, decoding.pixel_view(batch["pixels"], self.size)[ok], self.views)
         if carried.any():
             probs[carried] = batch["carried"].combine_chunks().flatten().to_numpy().reshape(-1, domain.NUM_STAGES)
         return score_rows(batch, probs, self.run_id, self.version)
@@ -223,8 +234,10 @@ def _carry(config: ScoreConfig, model_version: str) -> tuple[ray.ObjectRef | Non
     if not config.carry_from:
         return None, None
     earlier = runs.manifest(config.carry_from, config.options)
-    if earlier["model_version"] != model_version:
-        return None, None  # a new model scores everything anew
+    settings = earlier.get("config", {})
+    same_tta = (settings.get("tta", 0), settings.get("tta_seed", 0)) == (config.tta, config.tta_seed)
+    if earlier["model_version"] != model_version or not same_tta:
+        return None, None  # a new model (or other test-time views) scores everything anew
     return ray.put(carry.load(f"{config.carry_from.rstrip('/')}/scores", config.options)), earlier["run_id"]
 
 

@@ -46,3 +46,35 @@ def test_zoom_and_stretch_stay_within_ten_percent_each():
     assert torch.all(m[:, 0, 1] == 0) and torch.all(m[:, 1, 0] == 0)
     for scale in (m[:, 0, 0], m[:, 1, 1]):
         assert scale.min() >= 0.9 * 0.9 - 1e-6 and scale.max() <= 1.1 * 1.1 + 1e-6
+
+
+def test_test_time_views_are_fixed_by_their_seed_and_are_the_training_transforms():
+    from erosion.augment import views
+
+    assert torch.equal(views(4, seed=3), views(4, seed=3)) and not torch.equal(views(4, seed=3), views(4, seed=4))
+    assert torch.equal(views(4, seed=3), affine_matrices(4, AugmentConfig(), torch.Generator().manual_seed(3)))
+
+
+def test_probabilities_over_views_are_the_mean_over_the_transformed_crops():
+    import numpy as np
+
+    from erosion.model import ErosionCNN, ModelConfig, probabilities
+
+    torch.manual_seed(0)
+    model = ErosionCNN(ModelConfig(input_size=64, width=0.25))
+    for layer in model.modules():
+        if isinstance(layer, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
+            layer.momentum = None  # statistics from the crops below, so that answers depend on the crop
+    ramp = np.linspace(0, 1, 64, dtype=np.float32)[None, None, :] * np.random.default_rng(0).random((5, 64, 1))
+    pixels = (255 * ramp).astype(np.uint8)  # bright on the right: a mirror image differs
+    with torch.no_grad():
+        model(torch.from_numpy(pixels).float().unsqueeze(1).div(255))
+    model.eval()
+    identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    mirror = torch.tensor([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # a horizontal flip
+    plain = probabilities(model, pixels)
+    np.testing.assert_allclose(probabilities(model, pixels, identity[None]), plain, atol=1e-4)  # resampling rounds
+    flipped = probabilities(model, np.ascontiguousarray(pixels[:, :, ::-1]))
+    both = probabilities(model, pixels, torch.stack([identity, mirror]))
+    np.testing.assert_allclose(both, (plain + flipped) / 2, atol=1e-4)
+    assert not np.allclose(both, plain, atol=1e-3)

@@ -1,6 +1,5 @@
 """The nightly job on a real local Ray: carry-over of unchanged joints, idempotent nights, one committed run each."""
 
-import dataclasses
 import os
 import shutil
 
@@ -9,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from erosion import carry, cli, nightly, runs, storage
+from erosion import carry, cli, nightly, runs, scoring, storage
 from erosion.model import ModelConfig
 
 SMALL = ModelConfig(input_size=64, width=0.25)
@@ -48,10 +47,12 @@ def nights(ray_local, small_registry, untrained_model, tmp_path_factory) -> dict
     registry = root / "registry"
     shutil.copytree(f"{small_registry}/registry", registry)
     model = untrained_model(root / "model", SMALL)
-    config = nightly.NightlyConfig(str(registry), model, f"{small_registry}/ratings", str(root / "runs"))
-    first = nightly.nightly(dataclasses.replace(config, run_id="2026-11-21"))
-    second = nightly.nightly(dataclasses.replace(config, run_id="2026-11-22"))
-    again = nightly.nightly(dataclasses.replace(config, run_id="2026-11-22"))
+
+    def night(run_id: str, model: str = model) -> nightly.NightlyResult:
+        settings = scoring.ScoreConfig(str(registry), model, str(root / "runs"), run_id=run_id)
+        return nightly.nightly(nightly.NightlyConfig(settings, ratings=f"{small_registry}/ratings"))
+
+    first, second, again = night("2026-11-21"), night("2026-11-22"), night("2026-11-22")
 
     files = sorted(f for f in os.listdir(registry) if f.endswith(".parquet"))
     table = pq.read_table(registry / files[0])
@@ -65,9 +66,9 @@ def nights(ray_local, small_registry, untrained_model, tmp_path_factory) -> dict
         0, "joint_id", pa.array([f"new/{j}" for j in table["joint_id"].to_pylist()[1:4]], pa.string())
     )
     pq.write_table(new, registry / "part-new.parquet")
-    third = nightly.nightly(dataclasses.replace(config, run_id="2026-11-23"))
+    third = night("2026-11-23")
     other = untrained_model(root / "model-2", ModelConfig(input_size=64, width=0.5))
-    fourth = nightly.nightly(dataclasses.replace(config, model=other, run_id="2026-11-24"))
+    fourth = night("2026-11-24", other)
     return {
         "root": root,
         "nights": [first, second, again, third, fourth],

@@ -15,7 +15,7 @@ import pytest
 import ray
 from PIL import Image
 
-from erosion import checkpoint, runs, schema, scoring, storage
+from erosion import augment, checkpoint, runs, schema, scoring, storage
 from erosion.model import ModelConfig, probabilities
 from erosion.preprocess import letterbox
 
@@ -98,6 +98,22 @@ def test_every_hostile_row_comes_out_once_and_valid_crops_score_as_one_by_one(ho
         np.testing.assert_allclose(row["probs"], alone, atol=1e-5)
         assert row["ratingen_pred"] == int(np.argmax(alone))
         assert row["ratingen_expected"] == pytest.approx(float(np.dot(np.arange(6), alone)), abs=1e-5)
+
+
+def test_test_time_augmentation_scores_the_mean_over_fixed_views(ray_local, hostile, hostile_run, tmp_path):
+    registry, model_url = hostile
+    config = scoring.ScoreConfig(registry, model_url, str(tmp_path), run_id="tta", batch_size=4, tta=3, tta_seed=7)
+    run = scoring.score(config).run
+    crops = {c[0]: c for c in _hostile_crops()}
+    plain = {r["joint_id"]: r["probs"] for r in storage.read_table(f"{hostile_run.run}/scores").to_pylist()}
+    model, _ = checkpoint.load(model_url)
+    views = augment.views(3, seed=7)
+    scored = [r for r in storage.read_table(f"{run}/scores").to_pylist() if r["error"] is None]
+    assert len(scored) == 6 and runs.manifest(run)["config"]["tta"] == 3
+    for row in scored:
+        alone = probabilities(model, letterbox(crops[row["joint_id"]][2], 64)[None], views)[0]
+        np.testing.assert_allclose(row["probs"], alone, atol=1e-5)
+        assert not np.allclose(row["probs"], plain[row["joint_id"]], atol=1e-4)  # the views changed the answer
 
 
 def test_the_run_is_committed_with_counts_reasons_and_rau(hostile_run):
