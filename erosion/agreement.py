@@ -74,6 +74,15 @@ def pm1_balanced_accuracy_ci(confusion: np.ndarray) -> Estimate:
     return _mean_recall_ci(confusion, within=1)
 
 
+def accuracies(confusion: np.ndarray) -> dict[str, Estimate]:
+    """The paper's three accuracies with their Wald intervals, by name: accuracy, balanced, +-1 balanced."""
+    return {
+        "accuracy": global_accuracy_ci(confusion),
+        "balanced_accuracy": balanced_accuracy_ci(confusion),
+        "pm1_balanced_accuracy": pm1_balanced_accuracy_ci(confusion),
+    }
+
+
 def quadratic_kappa(a: np.ndarray, b: np.ndarray, k: int = NUM_STAGES) -> Estimate:
     """Cohen's kappa with quadratic weights and the asymptotic 95 % interval of Fleiss, Cohen and Everitt (1969)."""
     confusion = confusion_matrix(a, b, k)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -51,21 +50,10 @@ def compare(config: ExperimentConfig, variants: dict[str, training.TrainConfig])
             for reference, stages in references.items():
                 common = predicted.index.intersection(stages.index)
                 confusion = agreement.confusion_matrix(stages.loc[common].to_numpy(), predicted.loc[common].to_numpy())
-                rows.append({"variant": name, "split": split, "reference": reference} | accuracies(confusion))
+                row = {"variant": name, "split": split, "reference": reference, "n": int(confusion.sum())}
+                rows.append(row | report.estimate_columns(agreement.accuracies(confusion)))
                 cells.append(report.confusion_long(confusion, split, reference, name))
     return pd.DataFrame(rows), pd.concat(cells, ignore_index=True)
-
-
-def accuracies(confusion: np.ndarray) -> dict:
-    """n and the paper's three accuracies, each with its Wald 95 % interval."""
-    values: dict = {"n": int(confusion.sum())}
-    for name, estimate in (
-        ("accuracy", agreement.global_accuracy_ci(confusion)),
-        ("balanced_accuracy", agreement.balanced_accuracy_ci(confusion)),
-        ("pm1_balanced_accuracy", agreement.pm1_balanced_accuracy_ci(confusion)),
-    ):
-        values |= {name: estimate.value, f"{name}_low": estimate.low, f"{name}_high": estimate.high}
-    return values
 
 
 def markdown(table: pd.DataFrame) -> str:

@@ -136,8 +136,7 @@ def pair_tables(stages: pd.DataFrame, raters: list[str]) -> tuple[pd.DataFrame, 
             row = {"subset": subset, "reference": reference, "rater": rater, "n": len(both)}
             rows.append(row | _pair_statistics(both))
             if len(both):
-                counts = agreement.confusion_matrix(both[:, 0], both[:, 1])
-                cells.append(confusion_long(counts, subset, reference, rater))
+                cells.append(confusion_long(agreement.confusion_matrix(*both.T), subset, reference, rater))
     confusion = pd.concat(cells, ignore_index=True) if cells else pd.DataFrame(columns=_CONFUSION_COLUMNS)
     return pd.DataFrame(rows), confusion
 
@@ -161,24 +160,25 @@ _CONFUSION_COLUMNS = ["subset", "reference", "rater", "reference_stage", "rater_
 _STATISTICS = ("accuracy", "balanced_accuracy", "pm1_balanced_accuracy", "kappa")
 
 
+def estimate_columns(estimates: dict[str, agreement.Estimate]) -> dict[str, float]:
+    """Estimates as table columns: ``<name>``, ``<name>_low``, ``<name>_high``."""
+    columns = {}
+    for name, e in estimates.items():
+        columns |= {name: e.value, f"{name}_low": e.low, f"{name}_high": e.high}
+    return columns
+
+
 def _pair_statistics(both: np.ndarray) -> dict:
     values: dict = {f"{s}{end}": np.nan for s in _STATISTICS for end in ("", "_low", "_high")}
     values["note"] = None
     if not len(both):
         return values | {"note": "no joint rated by both"}
-    confusion = agreement.confusion_matrix(both[:, 0], both[:, 1])
-    estimates = {
-        "accuracy": agreement.global_accuracy_ci(confusion),
-        "balanced_accuracy": agreement.balanced_accuracy_ci(confusion),
-        "pm1_balanced_accuracy": agreement.pm1_balanced_accuracy_ci(confusion),
-    }
+    estimates = agreement.accuracies(agreement.confusion_matrix(*both.T))
     try:
-        estimates["kappa"] = agreement.quadratic_kappa(both[:, 0], both[:, 1])
+        estimates["kappa"] = agreement.quadratic_kappa(*both.T)
     except ValueError as e:
         values["note"] = str(e)
-    for name, e in estimates.items():
-        values |= {name: e.value, f"{name}_low": e.low, f"{name}_high": e.high}
-    return values
+    return values | estimate_columns(estimates)
 
 
 def icc_table(stages: pd.DataFrame, raters: list[str]) -> pd.DataFrame:
