@@ -83,6 +83,33 @@ def accuracies(confusion: np.ndarray) -> dict[str, Estimate]:
     }
 
 
+def estimate_columns(estimates: dict[str, Estimate]) -> dict[str, float]:
+    """Estimates as table columns: ``<name>``, ``<name>_low``, ``<name>_high``."""
+    columns = {}
+    for name, e in estimates.items():
+        columns |= {name: e.value, f"{name}_low": e.low, f"{name}_high": e.high}
+    return columns
+
+
+STATISTICS = ("accuracy", "balanced_accuracy", "pm1_balanced_accuracy", "kappa")
+"""What :func:`pair_statistics` estimates for a pair of raters."""
+
+
+def pair_statistics(both: np.ndarray) -> dict:
+    """The three accuracies and quadratic kappa, with intervals, of (N, 2) stages (reference, rater) as table
+    columns; NaN and a ``note`` where they are undefined (no joint in common, or one stage for every joint)."""
+    values: dict = {f"{s}{end}": np.nan for s in STATISTICS for end in ("", "_low", "_high")}
+    values["note"] = None
+    if not len(both):
+        return values | {"note": "no joint rated by both"}
+    estimates = accuracies(confusion_matrix(*both.T))
+    try:
+        estimates["kappa"] = quadratic_kappa(*both.T)
+    except ValueError as e:
+        values["note"] = str(e)
+    return values | estimate_columns(estimates)
+
+
 def quadratic_kappa(a: np.ndarray, b: np.ndarray, k: int = NUM_STAGES) -> Estimate:
     """Cohen's kappa with quadratic weights and the asymptotic 95 % interval of Fleiss, Cohen and Everitt (1969)."""
     confusion = confusion_matrix(a, b, k)

@@ -1,10 +1,11 @@
 """Class-activation maps: where in a crop the model found the evidence for a stage (Grad-CAM), as heat maps and PNGs.
 
 Grad-CAM (Selvaraju et al. 2017) weighs each channel of the last convolutional block's feature map by the mean
-gradient of the target stage's logit over that channel, sums the weighted channels, keeps the positive part and
-upsamples it to the crop. It is as coarse as that block (the paper's model sees a 150x150 crop there as 4x4
-cells), so it shows the region, not the edge, that mattered. A rheumatologist reads it beside the stages of the
-joints on which the model and the human raters disagree most (:func:`most_disagreed`).
+gradient of the target stage's logit (for the CDF head, the log of the stage's probability) over that channel,
+sums the weighted channels, keeps the positive part and upsamples it to the crop. It is as coarse as that block
+(the paper's model sees a 150x150 crop there as 4x4 cells), so it shows the region, not the edge, that mattered.
+A rheumatologist reads it beside the stages of the joints on which the model and the human raters disagree most
+(:func:`most_disagreed`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 from torch.nn import functional
 
 from erosion import figures
+from erosion.model import stage_logits
 
 ELEMENTWISE = (nn.BatchNorm2d, nn.GroupNorm, nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Identity)
 """Layers that may follow a convolution within its block without changing the feature map's layout."""
@@ -86,7 +88,7 @@ def grad_cam(
                 chunk = slice(start, start + batch_size)
                 captured.clear()
                 batch = torch.from_numpy(pixels[chunk]).to(device).unsqueeze(1).float().div_(255).requires_grad_()
-                logits = model(batch)
+                logits = stage_logits(model(batch))  # the CDF head's: log P(stage)
                 if len(captured) != 1:
                     raise ValueError(f"the last convolutional block ran {len(captured)} times in one forward pass.")
                 if targets is None:

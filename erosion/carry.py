@@ -2,13 +2,14 @@
 
 Every score row holds a ``fingerprint`` of its joint: 16 bytes of BLAKE2b over the joint_id and the encoded
 image. A nightly run made with the same model version as an earlier run looks each registry row's
-fingerprint up among that run's successfully scored rows; a match takes the earlier probabilities (the model
+fingerprint up among that run's successfully scored rows; a match takes the earlier prediction (the model
 is deterministic, so scoring again would give the same) and skips decoding and the model. Rows that failed
 earlier are tried again: a fix of the decoder or of the registry then takes effect. A new model version
 carries nothing over.
 
 The lookup is a sorted array of the fingerprints' first 8 bytes (binary search, vectorised), their full
-16 bytes and their probabilities: about 40 bytes a joint, shared through Ray's object store.
+16 bytes and their predictions (six probabilities and the CDF head's %): about 44 bytes a joint, shared through
+Ray's object store. Scores written before the CDF head have no % column: their % reads as NaN (stages head).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pyarrow.compute as pc
 
 from erosion import storage
 from erosion.domain import NUM_STAGES
+from erosion.schema import PREDICTION_WIDTH
 
 SIZE = 16  # bytes of a fingerprint
 
@@ -44,14 +46,14 @@ class Carry:
 
     keys: np.ndarray  # (M,) uint64, sorted: the fingerprints' first 8 bytes
     prints: np.ndarray  # (M, 16) uint8, in the order of keys
-    probs: np.ndarray  # (M, 6) float32, in the order of keys
+    predictions: np.ndarray  # (M, 7) float32, in the order of keys: P(stage 0..5) and the % (NaN: stages head)
 
     @classmethod
-    def of(cls, prints: np.ndarray, probs: np.ndarray) -> Carry:
-        """The lookup of these fingerprints and their probabilities."""
+    def of(cls, prints: np.ndarray, predictions: np.ndarray) -> Carry:
+        """The lookup of these fingerprints and their predictions."""
         keys = _keys(prints)
         order = np.argsort(keys, kind="stable")
-        return cls(keys[order], prints[order], probs[order])
+        return cls(keys[order], prints[order], predictions[order])
 
     def find(self, prints: np.ndarray) -> np.ndarray:
         """For each fingerprint, the index of its earlier row, or -1 where the joint or its image is new."""
@@ -64,15 +66,21 @@ class Carry:
 
 def load(scores: str, options: storage.StorageOptions | None = None) -> Carry:
     """The lookup of a committed run's successfully scored rows (its ``scores/`` table)."""
-    prints, probs = [], []
-    for _, _, batch in storage.iter_batches(scores, ["fingerprint", "probs", "error"], 65_536, options):
+    with_pct = all("erosion_pct_pred" in meta.schema.names for meta in storage.footers(scores, options).values())
+    columns = ["fingerprint", "probs", "error"] + (["erosion_pct_pred"] if with_pct else [])
+    prints, predictions = [], []
+    for _, _, batch in storage.iter_batches(scores, columns, 65_536, options):
         keep = pc.and_(pc.is_null(batch["error"]), pc.is_valid(batch["fingerprint"]))
         batch = batch.filter(keep)
         prints.append(fixed_binary_view(batch["fingerprint"], SIZE))
-        probs.append(batch["probs"].flatten().to_numpy().reshape(-1, NUM_STAGES))
+        rows = np.full((batch.num_rows, PREDICTION_WIDTH), np.nan, np.float32)
+        rows[:, :NUM_STAGES] = batch["probs"].flatten().to_numpy().reshape(-1, NUM_STAGES)
+        if with_pct:
+            rows[:, NUM_STAGES] = batch["erosion_pct_pred"].to_numpy(zero_copy_only=False)
+        predictions.append(rows)
     if not prints:
-        return Carry.of(np.zeros((0, SIZE), np.uint8), np.zeros((0, NUM_STAGES), np.float32))
-    return Carry.of(np.concatenate(prints), np.concatenate(probs).astype(np.float32))
+        return Carry.of(np.zeros((0, SIZE), np.uint8), np.zeros((0, PREDICTION_WIDTH), np.float32))
+    return Carry.of(np.concatenate(prints), np.concatenate(predictions))
 
 
 def fixed_binary_view(column: pa.ChunkedArray | pa.Array, width: int) -> np.ndarray:

@@ -10,8 +10,8 @@ A checkpoint is a folder (local or ``s3://``) of three files:
 
 The model version is a content hash (SHA-256 over the architecture's config and every tensor's name, type,
 shape and bytes), so two checkpoints with the same weights have the same version on any machine. The CNN's
-config is hashed without its ``arch`` field, so that the versions of checkpoints from before VGG16 stay as
-they were.
+config is hashed without its ``arch`` field (and the stages head without its ``head``), so that the versions of
+checkpoints from before VGG16 and the CDF head stay as they were.
 """
 
 from __future__ import annotations
@@ -61,8 +61,9 @@ def preprocess_settings(config: ModelConfig) -> dict:
 def model_version(state: dict[str, torch.Tensor], config: ModelConfig) -> str:
     """A content hash of the weights and the architecture: 16 hex digits of SHA-256."""
     described = asdict(config)
-    if described["arch"] == "cnn":
-        del described["arch"]  # as before there was a choice
+    for name, first in (("arch", "cnn"), ("head", "stages")):
+        if described[name] == first:
+            del described[name]  # as before there was a choice
     digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
     for name in sorted(state):
         tensor = state[name].detach().cpu().contiguous()

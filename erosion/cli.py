@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -14,7 +15,8 @@ from erosion import evaluate, ingest, report, runs, storage, synth, validate
 from erosion.agreement import ICC_FORMS
 from erosion.augment import NO_AUGMENTATION, AugmentConfig
 from erosion.domain import ALL_JOINTS
-from erosion.model import ARCHITECTURES, ModelConfig
+from erosion.experiments import KINDS
+from erosion.model import ARCHITECTURES, HEADS, ModelConfig
 
 if TYPE_CHECKING:
     from erosion import scoring, training
@@ -69,18 +71,22 @@ def parser() -> argparse.ArgumentParser:
     p = commands.add_parser("train", help="train the CNN or VGG16 on Ray Train (resumes a run of the same --name)")
     _training_arguments(p, out="folder or s3:// URL; the run lives in <out>/<name>", epochs=10)
     p.add_argument("--name", default="erosion", help="run name; the same name resumes the run")
-    p.add_argument("--unweighted", action="store_true", help="plain cross-entropy instead of class-weighted")
+    p.add_argument("--unweighted", action="store_true", help="plain (unweighted) loss instead of class-weighted")
     p.add_argument("--arch", choices=ARCHITECTURES, default="cnn", help="cnn: the paper's CNN; vgg16: transfer")
-    p.add_argument("--pretrained", default=None, help="vgg16: local torchvision vgg16 .pth (ImageNet); else random")
-    p.add_argument("--frozen-epochs", type=int, default=25, help="vgg16: epochs on frozen features, then all layers")
-    p.add_argument("--frozen-lr", type=float, default=1e-4, help="vgg16: learning rate while the features are frozen")
-    p.add_argument("--finetune-lr", type=float, default=1e-5, help="vgg16: learning rate once all layers train")
+    p.add_argument("--head", choices=tuple(HEADS), default="stages", help="stages: classifier; cdf: % eroded, CRPS")
     p.set_defaults(run=_train)
 
     p = commands.add_parser("experiment", help="the paper's experiments: variants trained and compared on one split")
-    p.add_argument("kind", choices=("loss",), help="loss: unweighted vs class-weighted cross-entropy (Table 2)")
+    p.add_argument(
+        "kind",
+        choices=KINDS,
+        help="loss: unweighted vs class-weighted (Table 2); head: classifier vs CDF head; all: both and VGG16",
+    )
     _training_arguments(p, out="each variant's run lives in <out>/<variant>; the tables and plots in <out>", epochs=5)
     p.add_argument("--truth", default=None, help="a synthetic registry's truth/ table, to compare with too")
+    p.add_argument("--tta", type=int, default=0, help="also judge every variant with this many augmented views")
+    p.add_argument("--tta-seed", type=int, default=0, help="the seed the views are drawn from")
+    p.add_argument("--vgg16-input-size", type=int, default=0, help="the VGG16 variant's input (default: --input-size)")
     p.set_defaults(run=_experiment)
 
     p = commands.add_parser("evaluate", help="a trained model's accuracies on one split (plain process, no Ray)")
@@ -175,6 +181,10 @@ def _training_arguments(p: argparse.ArgumentParser, out: str, epochs: int) -> No
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--max-failures", type=int, default=2)
+    p.add_argument("--pretrained", default=None, help="vgg16: local torchvision vgg16 .pth (ImageNet); else random")
+    p.add_argument("--frozen-epochs", type=int, default=25, help="vgg16: epochs on frozen features, then all layers")
+    p.add_argument("--frozen-lr", type=float, default=1e-4, help="vgg16: learning rate while the features are frozen")
+    p.add_argument("--finetune-lr", type=float, default=1e-5, help="vgg16: learning rate once all layers train")
     p.add_argument("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS or a local Ray)")
     _storage_arguments(p)
 
@@ -249,11 +259,7 @@ def _train(args: argparse.Namespace) -> int:
         config,
         name=args.name,
         weighted_loss=not args.unweighted,
-        model=dataclasses.replace(config.model, arch=args.arch),
-        pretrained=args.pretrained,
-        frozen_epochs=args.frozen_epochs,
-        frozen_lr=args.frozen_lr,
-        finetune_lr=args.finetune_lr,
+        model=dataclasses.replace(config.model, arch=args.arch, head=args.head),
     )
     runtime.init_ray(args.address)
     _print_training(training.train(config))
@@ -276,19 +282,28 @@ def _train_config(args: argparse.Namespace) -> training.TrainConfig:
         model=ModelConfig(input_size=args.input_size, width=args.width),
         augment=NO_AUGMENTATION if args.no_augment else AugmentConfig(),
         max_failures=args.max_failures,
+        pretrained=args.pretrained,
+        frozen_epochs=args.frozen_epochs,
+        frozen_lr=args.frozen_lr,
+        finetune_lr=args.finetune_lr,
     )
 
 
 def _experiment(args: argparse.Namespace) -> int:
     from erosion import experiments, runtime  # Ray only where a command needs it
 
-    config = experiments.ExperimentConfig(base=_train_config(args), truth=args.truth or "")
+    config = experiments.ExperimentConfig(
+        base=_train_config(args),
+        truth=args.truth or "",
+        tta=args.tta,
+        tta_seed=args.tta_seed,
+        vgg16_input_size=args.vgg16_input_size,
+    )
     runtime.init_ray(args.address)
-    table, confusion = experiments.compare(config, experiments.loss_variants(config.base))
+    table, confusion = experiments.compare(config, experiments.variants(args.kind, config))
     experiments.write(args.out, table, confusion, _options(args))
-    model = config.base.model
-    print(f"{args.kind} experiment: {model} input, {config.base.epochs} epochs, split seed {args.split_seed}")
-    print(experiments.markdown(table), end="")
+    print(f"{args.kind} experiment on split seed {args.split_seed}, labels of rater {args.rater}:")
+    print(experiments.models(table) + "\n" + experiments.markdown(table), end="")
     print(f"tables and plots in {args.out}")
     return 0
 
@@ -419,15 +434,16 @@ def _runs(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     options = _options(args)
     predicted = evaluate.predict_split(args.model, args.registry, args.split, args.split_seed, options)
-    references = {f"rater {args.rater}": evaluate.rater_series(args.ratings, args.rater, options)}
+    references = {f"rater {args.rater}": evaluate.rater_reference(args.ratings, args.rater, options)}
     if args.truth:
-        references["ground truth"] = evaluate.truth_stages(args.truth, options)
+        references["ground truth"] = evaluate.truth_reference(args.truth, options)
     print(f"{args.split} split, {len(predicted)} crops scored")
     for name, reference in references.items():
-        a = evaluate.accuracies(predicted, reference, name)
+        a, _ = evaluate.compare(predicted, reference)
+        pct = f", % MAE {a['pct_mae']:.1f}" if not math.isnan(a["pct_mae"]) else ""
         print(
-            f"    vs {name}: n {a.n}, accuracy {a.accuracy:.3f}, balanced {a.balanced_accuracy:.3f}, "
-            f"+-1 balanced {a.pm1_balanced_accuracy:.3f}"
+            f"    vs {name}: n {a['n']}, accuracy {a['accuracy']:.3f}, balanced {a['balanced_accuracy']:.3f}, "
+            f"+-1 balanced {a['pm1_balanced_accuracy']:.3f}, quadratic kappa {a['kappa']:.3f}{pct}"
         )
     return 0
 

@@ -49,7 +49,8 @@ def read(url: str, columns: list[str], options: storage.StorageOptions | None = 
 
 
 def labelled_split(labels: LabelSet, split: str, columns: tuple[str, ...] = ("joint_id", "image")) -> ray.data.Dataset:
-    """The registry rows of one split that the rater scored: ``columns`` plus ``label`` (the stage, int8)."""
+    """The registry rows of one split that the rater scored: ``columns`` plus ``label`` (the stage, int8) and
+    ``pct`` (the % eroded, float32; see ``ratings.rater_stages``)."""
     rows = read(labels.registry, sorted({"joint_id", "patient_id", *columns}), labels.options)
     return rows.map_batches(
         _label_split,
@@ -65,7 +66,8 @@ def labelled_split(labels: LabelSet, split: str, columns: tuple[str, ...] = ("jo
 
 
 def decoded(rows: ray.data.Dataset, input_size: int) -> ray.data.Dataset:
-    """Letterboxed uint8 ``pixels`` (N, S, S) and int64 ``label``; a crop that fails to decode is logged, left out."""
+    """Letterboxed uint8 ``pixels`` (N, S, S), int64 ``label`` and float32 ``pct``; a crop that fails to decode is
+    logged and left out."""
     return rows.map_batches(_decode, fn_kwargs={"size": input_size}, batch_format="pyarrow", num_cpus=TASK_CPUS)
 
 
@@ -107,19 +109,23 @@ def split_labels(labels: LabelSet, split: str) -> np.ndarray:
 def _label_split(batch: pa.Table, split: str, seed: int, stages: ray.ObjectRef, columns: tuple[str, ...]) -> pa.Table:
     splits = {p: split_of(p, seed) for p in set(batch["patient_id"].to_pylist())}
     batch = batch.filter(pa.array([splits[p] == split for p in batch["patient_id"].to_pylist()], pa.bool_()))
-    index, values = _stage_index(stages)
+    index, labels, pct = _stage_index(stages)
     position = index.get_indexer(batch["joint_id"].to_numpy(zero_copy_only=False))
     rated = position >= 0
-    return batch.select(list(columns)).filter(pa.array(rated)).append_column("label", pa.array(values[position[rated]]))
+    rows = batch.select(list(columns)).filter(pa.array(rated))
+    return rows.append_column("label", pa.array(labels[position[rated]])).append_column(
+        "pct", pa.array(pct[position[rated]])
+    )
 
 
 @functools.lru_cache(maxsize=1)
-def _stage_index(stages: ray.ObjectRef) -> tuple[pd.Index, np.ndarray]:
-    """A hash index of the rater's stages, built once per worker process and run (the last duplicate wins)."""
+def _stage_index(stages: ray.ObjectRef) -> tuple[pd.Index, np.ndarray, np.ndarray]:
+    """A hash index of the rater's stages and %, built once per worker process and run (the last duplicate wins)."""
     table = ray.get(stages)
     index = pd.Index(table["joint_id"].to_numpy(zero_copy_only=False), dtype=object)
     unique = ~index.duplicated(keep="last")
-    return index[unique], table["label"].to_numpy()[unique].astype(np.int8)
+    labels = table["label"].to_numpy()[unique].astype(np.int8)
+    return index[unique], labels, table["pct"].to_numpy()[unique].astype(np.float32)
 
 
 def _decode(batch: pa.Table, size: int) -> dict[str, np.ndarray]:
@@ -128,4 +134,5 @@ def _decode(batch: pa.Table, size: int) -> dict[str, np.ndarray]:
     for joint_id, error in zip(batch["joint_id"].to_pylist(), errors, strict=True):
         if error is not None:
             log.warning("left out of training: %s: %s", joint_id, error)
-    return {"pixels": pixels[ok], "label": batch["label"].to_numpy().astype(np.int64)[ok]}
+    labels = batch["label"].to_numpy().astype(np.int64)[ok]
+    return {"pixels": pixels[ok], "label": labels, "pct": batch["pct"].to_numpy().astype(np.float32)[ok]}

@@ -14,13 +14,13 @@ import pyarrow as pa
 
 from erosion import domain, schema
 from erosion.carry import SIZE, Carry, fingerprints, fixed_binary_view
-from erosion.domain import NUM_STAGES
 from erosion.preprocess import letterbox
+from erosion.schema import PREDICTION_WIDTH
 
 
 def decode_batch(batch: pa.Table, size: int, crash_once: str | None = None, carry: Carry | None = None) -> pa.Table:
     """The batch's key columns, ``pixels`` (fixed-size binary of size * size uint8), ``error``, ``fingerprint``
-    and ``carried`` (an earlier run's probabilities where ``carry`` knows the fingerprint, else null).
+    and ``carried`` (an earlier run's predictions where ``carry`` knows the fingerprint, else null).
 
     A carried row is not decoded. ``crash_once`` is for tests: a marker file; the first task to find it
     missing creates it and its worker dies, as a worker lost mid-task would.
@@ -42,10 +42,10 @@ def decode_batch(batch: pa.Table, size: int, crash_once: str | None = None, carr
             except ValueError as problem:
                 error = str(problem)
         errors.append(error)
-    carried = np.zeros((batch.num_rows, NUM_STAGES), dtype=np.float32)
+    carried = np.zeros((batch.num_rows, PREDICTION_WIDTH), dtype=np.float32)
     is_carried = (found >= 0) & np.array([e is None for e in errors], dtype=bool)
     if is_carried.any():
-        carried[is_carried] = carry.probs[found[is_carried]]
+        carried[is_carried] = carry.predictions[found[is_carried]]
     return (
         batch.select(schema.KEYS)
         .append_column("pixels", _fixed_binary(pixels, size * size))
@@ -53,7 +53,7 @@ def decode_batch(batch: pa.Table, size: int, crash_once: str | None = None, carr
         .append_column("fingerprint", _fixed_binary(prints, SIZE, mask=~present))
         .append_column(
             "carried",
-            pa.FixedSizeListArray.from_arrays(pa.array(carried.ravel()), NUM_STAGES, mask=pa.array(~is_carried)),
+            pa.FixedSizeListArray.from_arrays(pa.array(carried.ravel()), PREDICTION_WIDTH, mask=pa.array(~is_carried)),
         )
     )
 

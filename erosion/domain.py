@@ -68,6 +68,16 @@ def ratingen_stage(erosion_pct: float | np.ndarray) -> int | np.ndarray:
     return int(stage) if stage.ndim == 0 else stage
 
 
+def stage_midpoint_pct(stage: int | np.ndarray) -> float | np.ndarray:
+    """The middle of a stage's range of % eroded surface (0, 10, 30, 50, 70, 90): a % for a rating that gave
+    only a stage, where a % is needed (training the CDF head)."""
+    stages = np.asarray(stage)
+    if not np.all((stages >= 0) & (stages < NUM_STAGES)):
+        raise ValueError(f"stages must lie in 0-{NUM_STAGES - 1}, got {stages.ravel()[:5].tolist()}.")
+    pct = np.where(stages == 0, 0.0, 20.0 * stages - 10.0)
+    return float(pct) if pct.ndim == 0 else pct
+
+
 @dataclass(frozen=True)
 class RauScore:
     """The Rau score of one visit and what it rests on."""

@@ -11,6 +11,13 @@ for transfer learning from ImageNet weights read from a local file (:func:`load_
 downloaded). Both models take the same input, grey crops scaled to [0, 1]; VGG16 repeats the grey channel three
 times and normalises with ImageNet's mean and standard deviation inside its forward pass. Its adaptive average
 pooling brings any input of at least 32x32 (five 2x2 poolings) to the 7x7x512 that its classifier expects.
+
+Either model ends in one of two heads: ``"stages"`` (the paper's), six logits whose softmax is P(stage k); or
+``"cdf"`` (the thesis's regression), 101 logits whose softmax is P(% eroded = j), trained with CRPS
+(:mod:`erosion.cdf`). The CNN's CDF head is a plain dense layer: the paper's batch norm on the six outputs, put
+on 101, holds their logits near unit spread and slowed learning a lot (the eight crops of ``tests/test_cdf.py``:
+a mean absolute error of 15.9 % after 150 steps with it, 2.2 % without). :func:`predict` turns either head's
+outputs into the same prediction per crop: the six stage probabilities and, for the CDF head, the predicted %.
 """
 
 from __future__ import annotations
@@ -24,11 +31,13 @@ import torch
 from torch import nn
 from torchvision.models import vgg16
 
+from erosion import cdf
 from erosion.augment import transform
 from erosion.domain import NUM_STAGES
 
 BLOCK_FILTERS = (32, 32, 64, 64, 128, 128)
 ARCHITECTURES = ("cnn", "vgg16")
+HEADS = {"stages": NUM_STAGES, "cdf": cdf.BINS}  # head -> outputs
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # of RGB in [0, 1]: what torchvision's ImageNet weights were trained on
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -40,11 +49,14 @@ class ModelConfig:
     input_size: int = 150  # crops are letterboxed to input_size x input_size
     width: float = 1.0  # multiplies every filter and unit count (0.5: half width); the CNN only
     dropout: float = 0.5  # in the two dense blocks (VGG16: in its classifier's two)
-    arch: str = "cnn"  # "cnn": the paper's CNN; "vgg16": torchvision's VGG16 with six outputs
+    arch: str = "cnn"  # "cnn": the paper's CNN; "vgg16": torchvision's VGG16
+    head: str = "stages"  # "stages": six stage logits (the paper's); "cdf": 101 bins of % eroded (the thesis's)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {ARCHITECTURES}, got {self.arch!r}.")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {tuple(HEADS)}, got {self.head!r}.")
         if self.arch == "vgg16" and self.width != 1.0:
             raise ValueError(f"width applies to the CNN only; VGG16 needs width 1.0, got {self.width}.")
         if self.arch == "vgg16" and self.input_size < 32:
@@ -57,7 +69,7 @@ def build_model(config: ModelConfig) -> nn.Module:
 
 
 class ErosionCNN(nn.Module):
-    """Maps a batch of (N, 1, S, S) crops scaled to [0, 1] to (N, 6) stage logits."""
+    """Maps a batch of (N, 1, S, S) crops scaled to [0, 1] to (N, 6) stage logits (CDF head: (N, 101) logits)."""
 
     def __init__(self, config: ModelConfig = ModelConfig()) -> None:
         super().__init__()
@@ -78,7 +90,10 @@ class ErosionCNN(nn.Module):
         dense: list[nn.Module] = [nn.Flatten()]
         for n_in, n_out in zip(units, units[1:], strict=False):
             dense += [nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out), nn.ReLU(inplace=True), nn.Dropout(config.dropout)]
-        dense += [nn.Linear(units[-1], NUM_STAGES), nn.BatchNorm1d(NUM_STAGES)]
+        if config.head == "stages":
+            dense += [nn.Linear(units[-1], NUM_STAGES), nn.BatchNorm1d(NUM_STAGES)]
+        else:  # no batch norm on the 101 bins: it holds their logits near unit spread, which slows learning a lot
+            dense.append(nn.Linear(units[-1], cdf.BINS))
         self.head = nn.Sequential(*dense)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,7 +101,7 @@ class ErosionCNN(nn.Module):
 
 
 class ErosionVGG16(nn.Module):
-    """torchvision's VGG16 (configuration D, no batch norm) with six outputs, on grey crops in [0, 1].
+    """torchvision's VGG16 (configuration D, no batch norm) with six outputs (or 101), on grey crops in [0, 1].
 
     ``features``, ``avgpool`` and ``classifier`` are torchvision's modules under torchvision's names, so that a
     torchvision ``vgg16`` state_dict fits every layer but the replaced last one (``classifier.6``).
@@ -97,7 +112,7 @@ class ErosionVGG16(nn.Module):
         if config.arch != "vgg16":
             raise ValueError(f"ErosionVGG16 builds arch 'vgg16', got {config.arch!r}: use build_model.")
         vgg = vgg16(weights=None, dropout=config.dropout)
-        vgg.classifier[-1] = nn.Linear(vgg.classifier[-1].in_features, NUM_STAGES)
+        vgg.classifier[-1] = nn.Linear(vgg.classifier[-1].in_features, HEADS[config.head])
         self.features, self.avgpool, self.classifier = vgg.features, vgg.avgpool, vgg.classifier
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -141,13 +156,16 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def probabilities(model: nn.Module, pixels: np.ndarray, views: torch.Tensor | None = None) -> np.ndarray:
-    """(N, 6) float32 stage probabilities of (N, S, S) uint8 crops; scaled to [0, 1] on the model's device.
+def predict(model: nn.Module, pixels: np.ndarray, views: torch.Tensor | None = None) -> np.ndarray:
+    """(N, 7) float32 predictions of (N, S, S) uint8 crops: P(stage k) for k = 0..5, then the predicted % eroded
+    surface (NaN for the stages head). Crops are scaled to [0, 1] on the model's device.
 
-    With ``views`` ((V, 2, 3) transforms, ``augment.views``), the mean of the probabilities over the V
+    With ``views`` ((V, 2, 3) transforms, ``augment.views``), the prediction of the mean distribution over the V
     transformed copies of each crop (test-time augmentation). The model must be in eval mode. On a GPU the
     batch runs channels-last under bf16 autocast (as in training).
     """
+    if not len(pixels):
+        return np.zeros((0, NUM_STAGES + 1), np.float32)
     device = next(model.parameters()).device
     batch = torch.from_numpy(pixels).to(device, non_blocking=True).unsqueeze(1).float().div_(255)
     copies = [batch] if views is None else [transform(batch, view) for view in views]
@@ -156,8 +174,25 @@ def probabilities(model: nn.Module, pixels: np.ndarray, views: torch.Tensor | No
         for copy in copies:
             if device.type == "cuda":
                 with torch.autocast("cuda", dtype=torch.bfloat16):
-                    logits = model(copy.contiguous(memory_format=torch.channels_last))
+                    outputs = model(copy.contiguous(memory_format=torch.channels_last))
             else:
-                logits = model(copy)
-            total = total + torch.softmax(logits.float(), dim=1)
-        return (total / len(copies)).cpu().numpy()
+                outputs = model(copy)
+            total = total + torch.softmax(outputs.float(), dim=1)
+        mass = total / len(copies)
+        if mass.shape[1] == NUM_STAGES:
+            pct = torch.full((len(mass), 1), float("nan"), device=device)
+            return torch.cat([mass, pct], dim=1).cpu().numpy()
+        return torch.cat([cdf.stage_probabilities(mass), cdf.expected_pct(mass)[:, None]], dim=1).cpu().numpy()
+
+
+def probabilities(model: nn.Module, pixels: np.ndarray, views: torch.Tensor | None = None) -> np.ndarray:
+    """(N, 6) float32 stage probabilities of (N, S, S) uint8 crops (:func:`predict` without the %)."""
+    return predict(model, pixels, views)[:, :NUM_STAGES]
+
+
+def stage_logits(outputs: torch.Tensor) -> torch.Tensor:
+    """(N, 6) stage scores whose softmax is P(stage k): the stages head's logits as they are, or the log of the
+    CDF head's stage probabilities."""
+    if outputs.shape[1] == NUM_STAGES:
+        return outputs
+    return torch.log(cdf.stage_probabilities(torch.softmax(outputs.float(), dim=1)).clamp_min(1e-12))

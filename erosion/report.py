@@ -134,7 +134,7 @@ def pair_tables(stages: pd.DataFrame, raters: list[str]) -> tuple[pd.DataFrame, 
         for reference, rater in itertools.combinations(raters, 2):
             both = stages.loc[mask, [reference, rater]].dropna().to_numpy(np.int64)
             row = {"subset": subset, "reference": reference, "rater": rater, "n": len(both)}
-            rows.append(row | _pair_statistics(both))
+            rows.append(row | agreement.pair_statistics(both))
             if len(both):
                 cells.append(confusion_long(agreement.confusion_matrix(*both.T), subset, reference, rater))
     confusion = pd.concat(cells, ignore_index=True) if cells else pd.DataFrame(columns=_CONFUSION_COLUMNS)
@@ -157,28 +157,6 @@ def confusion_long(counts: np.ndarray, subset: str, reference: str, rater: str) 
 
 
 _CONFUSION_COLUMNS = ["subset", "reference", "rater", "reference_stage", "rater_stage", "count"]
-_STATISTICS = ("accuracy", "balanced_accuracy", "pm1_balanced_accuracy", "kappa")
-
-
-def estimate_columns(estimates: dict[str, agreement.Estimate]) -> dict[str, float]:
-    """Estimates as table columns: ``<name>``, ``<name>_low``, ``<name>_high``."""
-    columns = {}
-    for name, e in estimates.items():
-        columns |= {name: e.value, f"{name}_low": e.low, f"{name}_high": e.high}
-    return columns
-
-
-def _pair_statistics(both: np.ndarray) -> dict:
-    values: dict = {f"{s}{end}": np.nan for s in _STATISTICS for end in ("", "_low", "_high")}
-    values["note"] = None
-    if not len(both):
-        return values | {"note": "no joint rated by both"}
-    estimates = agreement.accuracies(agreement.confusion_matrix(*both.T))
-    try:
-        estimates["kappa"] = agreement.quadratic_kappa(*both.T)
-    except ValueError as e:
-        values["note"] = str(e)
-    return values | estimate_columns(estimates)
 
 
 def icc_table(stages: pd.DataFrame, raters: list[str]) -> pd.DataFrame:

@@ -45,12 +45,17 @@ SCORES = pa.schema(
         pa.field("probs", pa.list_(pa.float32(), 6)),  # P(stage k), k = 0..5; null for a row with an error
         pa.field("ratingen_pred", pa.int8()),  # argmax of probs
         pa.field("ratingen_expected", pa.float32()),  # sum of k * P(stage k)
+        pa.field("erosion_pct_pred", pa.float32()),  # CDF head: the predicted % eroded (mean); null: stages head
+        pa.field("ratingen_from_pct", pa.int8()),  # CDF head: the stage of erosion_pct_pred; null: stages head
         pa.field("error", pa.string()),  # "<reason>: <detail>" for a row that could not be scored, else null
         pa.field("fingerprint", pa.binary(16)),  # BLAKE2b-128 of joint_id and image: what carry-over compares
         pa.field("carried", pa.bool_(), nullable=False),  # the score was carried over from an earlier run
     ]
 )
 """Scores, one row per registry row per run: scored, or with its error."""
+
+PREDICTION_WIDTH = 7
+"""A model's prediction of one crop as scoring moves it: P(stage 0..5), then the predicted % (NaN: stages head)."""
 
 KEY = "joint_id"
 

@@ -30,7 +30,7 @@ import ray
 import torch
 
 from erosion import augment, carry, checkpoint, datasets, decoding, domain, rau, runs, schema, storage
-from erosion.model import probabilities
+from erosion.model import predict
 
 EXAMPLES = 20  # failed rows named in the result (all of them are in the scores)
 
@@ -190,25 +190,32 @@ class Scorer:
     def __call__(self, batch: pa.Table) -> pa.Table:
         carried = pc.is_valid(batch["carried"]).to_numpy(zero_copy_only=False)
         ok = pc.is_null(batch["error"]).to_numpy(zero_copy_only=False) & ~carried
-        probs = np.zeros((batch.num_rows, domain.NUM_STAGES), dtype=np.float32)
+        predictions = np.full((batch.num_rows, schema.PREDICTION_WIDTH), np.nan, dtype=np.float32)
         if ok.any():
-            probs[ok] = probabilities(self.model, decoding.pixel_view(batch["pixels"], self.size)[ok], self.views)
+            predictions[ok] = predict(self.model, decoding.pixel_view(batch["pixels"], self.size)[ok], self.views)
         if carried.any():
-            probs[carried] = batch["carried"].combine_chunks().flatten().to_numpy().reshape(-1, domain.NUM_STAGES)
-        return score_rows(batch, probs, self.run_id, self.version)
+            flat = batch["carried"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            predictions[carried] = flat.reshape(-1, schema.PREDICTION_WIDTH)
+        return score_rows(batch, predictions, self.run_id, self.version)
 
 
-def score_rows(batch: pa.Table, probs: np.ndarray, run_id: str, model_version: str) -> pa.Table:
-    """Rows of ``schema.SCORES`` from a batch's keys and errors and the model's probabilities."""
+def score_rows(batch: pa.Table, predictions: np.ndarray, run_id: str, model_version: str) -> pa.Table:
+    """Rows of ``schema.SCORES`` from a batch's keys and errors and the model's (N, 7) predictions."""
     failed = pc.is_valid(batch["error"])
     mask = failed.to_numpy(zero_copy_only=False)
     n = batch.num_rows
+    probs = np.nan_to_num(predictions[:, : domain.NUM_STAGES])  # a failed row's are masked
+    pct = predictions[:, domain.NUM_STAGES]
+    no_pct = mask | np.isnan(pct)
+    stage_of_pct = domain.ratingen_stage(np.clip(np.where(no_pct, 0.0, pct), 0.0, 100.0))
     columns = [batch[k] for k in schema.KEYS] + [
         pa.array([run_id] * n, pa.string()),
         pa.array([model_version] * n, pa.string()),
         pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), domain.NUM_STAGES, mask=pa.array(mask)),
         pa.array(probs.argmax(1).astype(np.int8), mask=mask),
         pa.array((probs @ np.arange(domain.NUM_STAGES, dtype=np.float32)).astype(np.float32), mask=mask),
+        pa.array(pct.astype(np.float32), mask=no_pct),
+        pa.array(np.asarray(stage_of_pct, dtype=np.int8), mask=no_pct),
         batch["error"],
         batch["fingerprint"],
         pc.is_valid(batch["carried"]),

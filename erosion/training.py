@@ -15,6 +15,10 @@ Transfer learning (``model.arch == "vgg16"``, the paper's second model) trains i
 ``frozen_lr`` trains the classifier; then every layer trains, with a fresh Adam at ``finetune_lr``. The phase
 of an epoch follows from its number, so a resumed run picks up the phase it stopped in; every epoch's metrics
 say which phase it trained in and at which learning rate.
+
+The CDF head (``model.head == "cdf"``, the thesis's regression) trains the same way on the rater's % eroded
+surface instead of the stage, with the CRPS (:mod:`erosion.cdf`) weighted by the class weight of the rating's
+stage; its validation metrics add the mean absolute error of the predicted %.
 """
 
 from __future__ import annotations
@@ -33,9 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from erosion import agreement, checkpoint, datasets, domain, storage
+from erosion import agreement, cdf, checkpoint, datasets, domain, storage
 from erosion.augment import AugmentConfig, augment
-from erosion.model import ModelConfig, build_model, file_sha256, load_pretrained
+from erosion.model import ModelConfig, build_model, file_sha256, load_pretrained, stage_logits
 
 SCORE = "val_balanced_accuracy"  # the metric that picks the best checkpoint
 log = logging.getLogger(__name__)
@@ -54,7 +58,7 @@ class TrainConfig:
     cpus_per_worker: float = 0.5  # leave CPUs for Ray Data's read and decode tasks
     batch_size: int = 128  # per worker
     learning_rate: float = 1e-3  # the CNN's
-    weighted_loss: bool = True  # balanced class weights of the training split; False: plain cross-entropy
+    weighted_loss: bool = True  # balanced class weights of the training split; False: plain (unweighted) loss
     seed: int = 0
     shuffle_buffer: int = 1024  # rows each worker shuffles locally (blocks are also read in random order)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -277,7 +281,9 @@ def _train_epoch(
         if fail:
             os._exit(1)  # a worker dying mid-run, for the fault-tolerance test
         labels = batch["label"]
-        loss = train_step(model, optimizer, batch["pixels"], labels, class_weights, generator, config.augment)
+        loss = train_step(
+            model, optimizer, batch["pixels"], labels, class_weights, generator, config.augment, batch["pct"]
+        )
         totals[0] += loss.double() * len(labels)
         totals[1] += len(labels)
     if torch.distributed.is_initialized():
@@ -294,39 +300,54 @@ def train_step(
     class_weights: torch.Tensor,
     generator: torch.Generator,
     augmentation: AugmentConfig | None,
+    pct: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One optimizer step on a uint8 batch: scale and augment on its device, then weighted cross-entropy.
+    """One optimizer step on a uint8 batch: scale and augment on its device, then the class-weighted loss.
 
-    On a GPU the forward pass runs under bf16 autocast with channels-last images. Returns the loss.
+    ``pct`` (the rated % eroded) is what the CDF head learns; the stages head needs only ``labels``. On a GPU the
+    forward pass runs under bf16 autocast with channels-last images. Returns the loss.
     """
     on_gpu = pixels.device.type == "cuda"
     images = _scaled(pixels, on_gpu)
     if augmentation is not None:
         images = augment(images, augmentation, generator)
     with torch.autocast(pixels.device.type, dtype=torch.bfloat16, enabled=on_gpu):
-        logits = model(images)
-    loss = F.cross_entropy(logits.float(), labels, weight=class_weights)
+        outputs = model(images)
+    loss = weighted_losses(outputs, labels, pct, class_weights).sum() / class_weights[labels].sum()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return loss.detach()
 
 
+def weighted_losses(
+    outputs: torch.Tensor, labels: torch.Tensor, pct: torch.Tensor | None, class_weights: torch.Tensor
+) -> torch.Tensor:
+    """(N,) each crop's loss times its stage's class weight: cross-entropy for the stages head's six outputs,
+    CRPS at the rated % for the CDF head's 101. Divided by the summed weights, their sum is the batch's loss."""
+    if outputs.shape[1] == cdf.BINS:
+        return cdf.crps(outputs, pct) * class_weights[labels]
+    return F.cross_entropy(outputs.float(), labels, weight=class_weights, reduction="none")
+
+
 def _evaluate(net: nn.Module, class_weights: torch.Tensor, config: TrainConfig, on_gpu: bool) -> dict:
-    """Loss and accuracies on the whole validation split (no augmentation)."""
+    """Loss and accuracies on the whole validation split (no augmentation); the CDF head's % error too."""
     net.eval()
     device = class_weights.device
-    loss_sum, weight_sum = 0.0, 0.0
+    loss_sum, weight_sum, pct_error = 0.0, 0.0, 0.0
     confusion = np.zeros((domain.NUM_STAGES, domain.NUM_STAGES), dtype=np.int64)
     with torch.no_grad():
         for batch in ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=config.batch_size, device=device):
-            labels = batch["label"]
+            labels, pct = batch["label"], batch["pct"]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
-                logits = net(_scaled(batch["pixels"], on_gpu)).float()
-            loss_sum += F.cross_entropy(logits, labels, weight=class_weights, reduction="sum").item()
+                outputs = net(_scaled(batch["pixels"], on_gpu)).float()
+            loss_sum += weighted_losses(outputs, labels, pct, class_weights).sum().item()
             weight_sum += class_weights[labels].sum().item()
-            confusion += agreement.confusion_matrix(labels.cpu().numpy(), logits.argmax(1).cpu().numpy())
-    return {
+            confusion += agreement.confusion_matrix(labels.cpu().numpy(), stage_logits(outputs).argmax(1).cpu().numpy())
+            if config.model.head == "cdf":
+                pct_error += (cdf.expected_pct(torch.softmax(outputs, dim=1)) - pct).abs().sum().item()
+    cdf_metrics = {"val_pct_mae": pct_error / max(int(confusion.sum()), 1)} if config.model.head == "cdf" else {}
+    return cdf_metrics | {
         "val_loss": loss_sum / weight_sum,
         "val_rows": int(confusion.sum()),
         "val_accuracy": agreement.global_accuracy(confusion),
@@ -372,5 +393,7 @@ def _progress(metrics: dict, epochs: int) -> str:
         f"({metrics['train_rows']} crops, {metrics['train_crops_per_s']:.0f}/s) | "
         f"val loss {metrics['val_loss']:.3f}, accuracy "
         f"{metrics['val_accuracy']:.3f}, balanced {metrics['val_balanced_accuracy']:.3f}, "
-        f"+-1 balanced {metrics['val_pm1_balanced_accuracy']:.3f} ({metrics['val_rows']} crops)"
+        f"+-1 balanced {metrics['val_pm1_balanced_accuracy']:.3f}"
+        + (f", % MAE {metrics['val_pct_mae']:.1f}" if "val_pct_mae" in metrics else "")
+        + f" ({metrics['val_rows']} crops)"
     )

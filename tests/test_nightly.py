@@ -19,7 +19,7 @@ def test_carry_finds_exactly_the_fingerprints_it_holds():
     images = [bytes([i]) * 100 for i in range(50)]
     prints, present = carry.fingerprints(ids, images)
     assert present.all() and len({p.tobytes() for p in prints}) == 50
-    probs = np.random.default_rng(0).random((50, 6)).astype(np.float32)
+    probs = np.random.default_rng(0).random((50, 7)).astype(np.float32)  # six probabilities and a %
     lookup = carry.Carry.of(prints[:40], probs[:40])
     changed, _ = carry.fingerprints(ids[:1], [images[0] + b"x"])  # same joint, new image
     moved, _ = carry.fingerprints(ids[1:2], [images[2]])  # another joint's image
@@ -28,11 +28,32 @@ def test_carry_finds_exactly_the_fingerprints_it_holds():
     expected = np.concatenate([np.arange(50)[::-1], [50, 51]])
     for index, position in zip(expected, found, strict=True):
         if index < 40:
-            np.testing.assert_array_equal(lookup.probs[position], probs[index])
+            np.testing.assert_array_equal(lookup.predictions[position], probs[index])
         else:
             assert position == -1
     none, present = carry.fingerprints([None, "a"], [b"x", None])
     assert not present.any() and (carry.Carry.of(prints[:0], probs[:0]).find(prints) == -1).all()
+
+
+def test_carry_takes_the_percent_where_the_scores_have_one_and_nan_where_they_predate_the_cdf_head(tmp_path):
+    prints, _ = carry.fingerprints(["a/mcp1", "b/mcp1", "c/mcp1"], [b"1", b"2", b"3"])
+    probs = np.eye(6, dtype=np.float32)[:3]
+    columns = {
+        "fingerprint": pa.array([p.tobytes() for p in prints], pa.binary(16)),
+        "probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), 6),
+        "error": pa.array([None, None, "cannot decode image: truncated"], pa.string()),
+    }
+    for name, table in {
+        "new": pa.table(columns | {"erosion_pct_pred": pa.array([12.5, None, None], pa.float32())}),
+        "old": pa.table(columns),
+    }.items():
+        os.makedirs(tmp_path / name)
+        pq.write_table(table, tmp_path / name / "part-0.parquet")
+    for name, pct in (("new", [12.5, np.nan]), ("old", [np.nan, np.nan])):
+        lookup = carry.load(str(tmp_path / name))
+        found = lookup.find(prints)
+        assert found[2] == -1  # a failed row is scored again, not carried
+        np.testing.assert_array_equal(lookup.predictions[found[:2]], np.column_stack([probs[:2], pct]))
 
 
 def _scores(run: str) -> dict[str, tuple]:

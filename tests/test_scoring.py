@@ -1,5 +1,6 @@
 """Scoring on a real local Ray, real Parquet and the loopback S3 server: every row out exactly once, atomically."""
 
+import dataclasses
 import datetime
 import io
 import os
@@ -15,8 +16,8 @@ import pytest
 import ray
 from PIL import Image
 
-from erosion import augment, checkpoint, runs, schema, scoring, storage
-from erosion.model import ModelConfig, probabilities
+from erosion import augment, checkpoint, domain, runs, schema, scoring, storage
+from erosion.model import ModelConfig, predict, probabilities
 from erosion.preprocess import letterbox
 
 SMALL = ModelConfig(input_size=64, width=0.25)
@@ -93,6 +94,7 @@ def test_every_hostile_row_comes_out_once_and_valid_crops_score_as_one_by_one(ho
             assert row["error"].startswith(reason + ": "), row
             assert row["probs"] is None and row["ratingen_pred"] is None and row["ratingen_expected"] is None
             continue
+        assert row["erosion_pct_pred"] is None and row["ratingen_from_pct"] is None  # the stages head has no %
         assert row["error"] is None, row
         alone = probabilities(model, letterbox(crops[row["joint_id"]][2], 64)[None])[0]
         np.testing.assert_allclose(row["probs"], alone, atol=1e-5)
@@ -114,6 +116,25 @@ def test_test_time_augmentation_scores_the_mean_over_fixed_views(ray_local, host
         alone = probabilities(model, letterbox(crops[row["joint_id"]][2], 64)[None], views)[0]
         np.testing.assert_allclose(row["probs"], alone, atol=1e-5)
         assert not np.allclose(row["probs"], plain[row["joint_id"]], atol=1e-4)  # the views changed the answer
+
+
+def test_a_cdf_head_scores_its_percent_and_the_percents_stage_beside_the_stage_probabilities(
+    ray_local, hostile, untrained_model, tmp_path
+):
+    model_url = untrained_model(tmp_path / "cdf", dataclasses.replace(SMALL, head="cdf"))
+    config = scoring.ScoreConfig(hostile[0], model_url, str(tmp_path / "runs"), run_id="cdf", batch_size=4, tta=2)
+    rows = storage.read_table(f"{scoring.score(config).run}/scores").to_pylist()
+    crops = {c[0]: c for c in _hostile_crops()}
+    model, _ = checkpoint.load(model_url)
+    scored = [r for r in rows if r["error"] is None]
+    assert len(rows) == len(crops) and len(scored) == 6
+    assert all(r["erosion_pct_pred"] is None and r["ratingen_from_pct"] is None for r in rows if r["error"])
+    for row in scored:
+        alone = predict(model, letterbox(crops[row["joint_id"]][2], 64)[None], augment.views(2, seed=0))[0]
+        np.testing.assert_allclose(row["probs"], alone[:6], atol=1e-5)
+        assert row["erosion_pct_pred"] == pytest.approx(alone[6], abs=1e-3)
+        assert row["ratingen_from_pct"] == domain.ratingen_stage(row["erosion_pct_pred"])
+        assert row["ratingen_pred"] == int(np.argmax(alone[:6]))
 
 
 def test_the_run_is_committed_with_counts_reasons_and_rau(hostile_run):

@@ -87,11 +87,11 @@ def test_training_learns_and_publishes_a_model_that_loads_without_ray(ray_local,
 
     # `erosion evaluate`'s functions give the accuracies scikit-learn gives on this independent re-scoring.
     predicted = evaluate.predict_split(result.model, f"{train_registry}/registry", "val")
-    rater = evaluate.rater_series(f"{train_registry}/ratings", "registry")
-    figures = evaluate.accuracies(predicted, rater, "registry")
-    assert figures.n == len(stages)
-    assert figures.balanced_accuracy == pytest.approx(balanced_accuracy_score(stages, scores), abs=0.01)
-    assert figures.accuracy == pytest.approx(np.mean(stages == scores), abs=0.01)
+    rater = evaluate.rater_reference(f"{train_registry}/ratings", "registry")
+    figures, _ = evaluate.compare(predicted, rater)
+    assert figures["n"] == len(stages)
+    assert figures["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(stages, scores), abs=0.01)
+    assert figures["accuracy"] == pytest.approx(np.mean(stages == scores), abs=0.01)
 
 
 def test_a_worker_that_dies_is_replaced_and_no_epoch_is_lost(ray_local, train_registry, s3_bucket):
