@@ -23,7 +23,12 @@ def test_each_variant_differs_from_the_base_in_what_it_studies_only():
         name: {f.name for f in dataclasses.fields(base) if getattr(run, f.name) != getattr(base, f.name)} - {"name"}
         for name, run in runs.items()
     }
-    assert differences == {"unweighted": {"weighted_loss"}, "weighted": set(), "cdf": {"model"}, "vgg16": {"model"}}
+    assert differences == {
+        "unweighted": {"weighted_loss"},
+        "weighted": set(),
+        "cdf": {"model", "weighted_loss"},  # the thesis's regression: plain CRPS
+        "vgg16": {"model"},
+    }
     assert runs["cdf"].model == dataclasses.replace(base.model, head="cdf")
     assert runs["vgg16"].model == ModelConfig(input_size=32, arch="vgg16")
     assert list(experiments.variants("loss", experiments.ExperimentConfig(base=base))) == ["unweighted", "weighted"]
@@ -42,11 +47,12 @@ def experiment(ray_local, small_registry, tmp_path_factory) -> str:
     return out
 
 
-def test_the_classifier_and_the_cdf_head_are_trained_alike_but_for_the_head(experiment):
+def test_the_classifier_and_the_cdf_head_are_trained_alike_but_for_the_head_and_its_loss(experiment):
     cards = {name: checkpoint.read_card(f"{experiment}/{name}") for name in ("weighted", "cdf")}
     assert cards["weighted"].model.head == "stages" and cards["cdf"].model.head == "cdf"
-    for key in ("epochs", "seed", "batch_size", "learning_rate", "weighted_loss"):
+    for key in ("epochs", "seed", "batch_size", "learning_rate"):
         assert cards["weighted"].train[key] == cards["cdf"].train[key], key
+    assert cards["weighted"].train["weighted_loss"] and not cards["cdf"].train["weighted_loss"]
     assert "val_pct_mae" in cards["cdf"].history[-1] and "val_pct_mae" not in cards["weighted"].history[-1]
 
 
@@ -84,3 +90,14 @@ def test_the_table_holds_every_variant_view_split_and_reference_with_recomputabl
     written = open(f"{experiment}/table.md").read()
     assert "| cdf | 2 views | test | ground truth |" in written and "- cdf: cnn 64 px, width 0.25, CDF head" in written
     assert len(os.listdir(f"{experiment}/figures")) == 2 * 2 * 2 * len(references)  # a plot per row's pair
+
+
+def test_evaluate_prints_the_cdf_heads_figures_as_the_experiment_table_has_them(experiment, small_registry, capsys):
+    command = ["evaluate", "--model", f"{experiment}/cdf", "--registry", f"{small_registry}/registry"]
+    command += ["--ratings", f"{small_registry}/ratings", "--truth", f"{small_registry}/truth", "--split", "test"]
+    assert cli.main(command) == 0
+    printed = capsys.readouterr().out
+    table = pd.read_parquet(f"{experiment}/table.parquet")
+    row = table.query("variant == 'cdf' and tta == 0 and split == 'test' and reference == 'ground truth'").iloc[0]
+    assert f"vs ground truth: n {row.n}, accuracy {row.accuracy:.3f}, balanced {row.balanced_accuracy:.3f}" in printed
+    assert f"% MAE {row.pct_mae:.1f}" in printed
