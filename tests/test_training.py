@@ -60,7 +60,13 @@ def test_training_learns_and_publishes_a_model_that_loads_without_ray(ray_local,
     history = result.card.history
     assert [h["epoch"] for h in history] == list(range(epochs))
     assert result.card.epoch == int(np.argmax([h["val_balanced_accuracy"] for h in history]))
-    assert result.card.train["model"] == {"input_size": 64, "width": 0.25, "dropout": 0.5, "arch": "cnn"}
+    assert result.card.train["model"] == {
+        "input_size": 64,
+        "width": 0.25,
+        "dropout": 0.5,
+        "arch": "cnn",
+        "head": "stages",
+    }
     assert result.card.preprocess["input_size"] == 64 and result.card.classes == list(range(6))
 
     # Learning: the last epoch (fixed in advance, so no selection on validation) must beat chance. Chance is a
