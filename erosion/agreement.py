@@ -95,16 +95,17 @@ STATISTICS = ("accuracy", "balanced_accuracy", "pm1_balanced_accuracy", "kappa")
 """What :func:`pair_statistics` estimates for a pair of raters."""
 
 
-def pair_statistics(both: np.ndarray) -> dict:
-    """The three accuracies and quadratic kappa, with intervals, of (N, 2) stages (reference, rater) as table
-    columns; NaN and a ``note`` where they are undefined (no joint in common, or one stage for every joint)."""
+def pair_statistics(confusion: np.ndarray) -> dict:
+    """The three accuracies and quadratic kappa, with intervals, of a pair's confusion matrix (rows: the
+    reference) as table columns; NaN and a ``note`` where they are undefined (no joint in common, or one stage
+    for every joint)."""
     values: dict = {f"{s}{end}": np.nan for s in STATISTICS for end in ("", "_low", "_high")}
     values["note"] = None
-    if not len(both):
+    if not confusion.sum():
         return values | {"note": "no joint rated by both"}
-    estimates = accuracies(confusion_matrix(*both.T))
+    estimates = accuracies(confusion)
     try:
-        estimates["kappa"] = quadratic_kappa(*both.T)
+        estimates["kappa"] = confusion_kappa(confusion)
     except ValueError as e:
         values["note"] = str(e)
     return values | estimate_columns(estimates)
@@ -112,7 +113,12 @@ def pair_statistics(both: np.ndarray) -> dict:
 
 def quadratic_kappa(a: np.ndarray, b: np.ndarray, k: int = NUM_STAGES) -> Estimate:
     """Cohen's kappa with quadratic weights and the asymptotic 95 % interval of Fleiss, Cohen and Everitt (1969)."""
-    confusion = confusion_matrix(a, b, k)
+    return confusion_kappa(confusion_matrix(a, b, k))
+
+
+def confusion_kappa(confusion: np.ndarray) -> Estimate:
+    """:func:`quadratic_kappa` of the pair whose (k, k) confusion matrix this is."""
+    k = confusion.shape[0]
     n = _total(confusion)
     p = confusion / n
     i = np.arange(k)

@@ -19,6 +19,7 @@ from erosion.domain import NUM_STAGES
 from erosion.model import predict
 from erosion.preprocess import letterbox_batch
 from erosion.ratings import rater_stages
+from erosion.schema import PREDICTION_WIDTH
 from erosion.split import split_of
 
 
@@ -43,7 +44,7 @@ def predict_split(
         ok = np.array([e is None for e in errors], dtype=bool)
         ids += [j for j, good in zip(batch["joint_id"].to_pylist(), ok, strict=True) if good]
         predictions.append(predict(model, pixels[ok], views))
-    rows = np.concatenate(predictions) if predictions else np.zeros((0, NUM_STAGES + 1), np.float32)
+    rows = np.concatenate(predictions) if predictions else np.zeros((0, PREDICTION_WIDTH), np.float32)
     return pd.DataFrame(
         {"stage": rows[:, :NUM_STAGES].argmax(1).astype(np.int64), "pct": rows[:, NUM_STAGES].astype(np.float64)},
         index=pd.Index(ids, name="joint_id"),
@@ -57,9 +58,10 @@ def compare(predicted: pd.DataFrame, reference: pd.DataFrame) -> tuple[dict, np.
     common = predicted.index.intersection(reference.index)
     both = np.column_stack([reference.loc[common, "stage"], predicted.loc[common, "stage"]]).astype(np.int64)
     error = (predicted.loc[common, "pct"] - reference.loc[common, "pct"]).abs().dropna()
-    columns = {"n": len(common)} | agreement.pair_statistics(both)
+    confusion = agreement.confusion_matrix(*both.T)
+    columns = {"n": len(common)} | agreement.pair_statistics(confusion)
     columns["pct_mae"] = float(error.mean()) if len(error) else np.nan
-    return columns, agreement.confusion_matrix(*both.T)
+    return columns, confusion
 
 
 def rater_reference(ratings: str, rater: str, options: storage.StorageOptions | None = None) -> pd.DataFrame:

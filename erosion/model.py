@@ -34,6 +34,7 @@ from torchvision.models import vgg16
 from erosion import cdf
 from erosion.augment import transform
 from erosion.domain import NUM_STAGES
+from erosion.schema import PREDICTION_WIDTH
 
 BLOCK_FILTERS = (32, 32, 64, 64, 128, 128)
 ARCHITECTURES = ("cnn", "vgg16")
@@ -165,7 +166,7 @@ def predict(model: nn.Module, pixels: np.ndarray, views: torch.Tensor | None = N
     batch runs channels-last under bf16 autocast (as in training).
     """
     if not len(pixels):
-        return np.zeros((0, NUM_STAGES + 1), np.float32)
+        return np.zeros((0, PREDICTION_WIDTH), np.float32)
     device = next(model.parameters()).device
     batch = torch.from_numpy(pixels).to(device, non_blocking=True).unsqueeze(1).float().div_(255)
     copies = [batch] if views is None else [transform(batch, view) for view in views]

@@ -133,10 +133,11 @@ def pair_tables(stages: pd.DataFrame, raters: list[str]) -> tuple[pd.DataFrame, 
     for subset, mask in subsets(stages["joint"]):
         for reference, rater in itertools.combinations(raters, 2):
             both = stages.loc[mask, [reference, rater]].dropna().to_numpy(np.int64)
+            counts = agreement.confusion_matrix(*both.T)
             row = {"subset": subset, "reference": reference, "rater": rater, "n": len(both)}
-            rows.append(row | agreement.pair_statistics(both))
+            rows.append(row | agreement.pair_statistics(counts))
             if len(both):
-                cells.append(confusion_long(agreement.confusion_matrix(*both.T), subset, reference, rater))
+                cells.append(confusion_long(counts, subset, reference, rater))
     confusion = pd.concat(cells, ignore_index=True) if cells else pd.DataFrame(columns=_CONFUSION_COLUMNS)
     return pd.DataFrame(rows), confusion
 

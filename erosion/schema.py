@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from erosion.domain import NUM_STAGES
+
 REGISTRY = pa.schema(
     [
         pa.field("joint_id", pa.string(), nullable=False),  # stable key, "<sop_iuid>/<joint>"
@@ -54,7 +56,7 @@ SCORES = pa.schema(
 )
 """Scores, one row per registry row per run: scored, or with its error."""
 
-PREDICTION_WIDTH = 7
+PREDICTION_WIDTH = NUM_STAGES + 1
 """A model's prediction of one crop as scoring moves it: P(stage 0..5), then the predicted % (NaN: stages head)."""
 
 KEY = "joint_id"
