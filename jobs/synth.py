@@ -2,7 +2,7 @@
 
 import sys
 
-from erosion.cli import main
+from erosion.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["synth", *sys.argv[1:]]))

@@ -58,7 +58,7 @@ def ray_local():
     """One local Ray for the whole session (2 CPUs, loopback)."""
     import ray
 
-    from erosion.runtime import init_ray
+    from erosion.io.runtime import init_ray
 
     init_ray(num_cpus=2)
     yield
@@ -68,7 +68,7 @@ def ray_local():
 @pytest.fixture(scope="session")
 def small_registry(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A small synthetic registry (12 patients) shared by read-only tests."""
-    from erosion import synth
+    from erosion.registry import synth
 
     out = str(tmp_path_factory.mktemp("registry"))
     synth.generate(synth.SynthConfig(patients=12, out=out, seed=3, rows_per_file=200, rescored_fraction=0.3))
@@ -83,8 +83,8 @@ def untrained_model():
     """
     import torch
 
-    from erosion import checkpoint
-    from erosion.model import ErosionCNN, ModelConfig
+    from erosion.model import checkpoint
+    from erosion.model.network import ErosionCNN, ModelConfig
 
     def write(folder, config: ModelConfig) -> str:
         torch.manual_seed(1)

@@ -3,7 +3,7 @@ import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from erosion import agreement
+from erosion.core import agreement
 
 
 def _pm1_oracle(reference: np.ndarray, predicted: np.ndarray) -> float:

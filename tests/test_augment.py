@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from erosion.augment import NO_AUGMENTATION, AugmentConfig, affine_matrices, augment
+from erosion.model.augment import NO_AUGMENTATION, AugmentConfig, affine_matrices, augment
 
 
 def _batch(n: int = 4, size: int = 24) -> torch.Tensor:
@@ -49,7 +49,7 @@ def test_zoom_and_stretch_stay_within_ten_percent_each():
 
 
 def test_test_time_views_are_fixed_by_their_seed_and_are_the_training_transforms():
-    from erosion.augment import views
+    from erosion.model.augment import views
 
     assert torch.equal(views(4, seed=3), views(4, seed=3)) and not torch.equal(views(4, seed=3), views(4, seed=4))
     assert torch.equal(views(4, seed=3), affine_matrices(4, AugmentConfig(), torch.Generator().manual_seed(3)))
@@ -58,7 +58,7 @@ def test_test_time_views_are_fixed_by_their_seed_and_are_the_training_transforms
 def test_probabilities_over_views_are_the_mean_over_the_transformed_crops():
     import numpy as np
 
-    from erosion.model import ErosionCNN, ModelConfig, probabilities
+    from erosion.model.network import ErosionCNN, ModelConfig, probabilities
 
     torch.manual_seed(0)
     model = ErosionCNN(ModelConfig(input_size=64, width=0.25))

@@ -13,8 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from erosion import cam, checkpoint, cli, report, runs, scoring
-from erosion.model import ErosionCNN, ModelConfig, probabilities
+from erosion.cli.main import main
+from erosion.io import runs
+from erosion.model import checkpoint
+from erosion.model.network import ErosionCNN, ModelConfig, probabilities
+from erosion.report import cam, report, tables
+from erosion.score import scoring
 
 PNG = b"\x89PNG\r\n\x1a\n"
 BRIGHT, GREY = 255, 102  # 1.0 and 0.4 once scaled to [0, 1]
@@ -231,7 +235,7 @@ def scored(ray_local, small_registry, untrained_model, tmp_path_factory) -> str:
 def _stages(run: str, ratings: str) -> tuple[pd.DataFrame, str, list[str]]:
     """An independent join of a run's scores and the ratings: the stages, the model's name and the human raters."""
     scores = pq.read_table(f"{run}/scores").to_pandas().set_index("joint_id")
-    rater = report.model_rater(runs.manifest(run)["model_version"])
+    rater = tables.model_rater(runs.manifest(run)["model_version"])
     wide = pq.read_table(ratings).to_pandas().pivot(index="joint_id", columns="rater", values="ratingen")
     stages = scores[["joint"]].assign(**{rater: scores["ratingen_pred"].astype(float)}).join(wide.astype(float))
     return stages, rater, list(wide.columns)
@@ -240,7 +244,7 @@ def _stages(run: str, ratings: str) -> tuple[pd.DataFrame, str, list[str]]:
 def test_the_report_draws_and_links_heat_maps_of_the_most_disagreed_on_joints(scored, small_registry):
     run, ratings = scored, f"{small_registry}/ratings"
     argv = ["report", "--scores", run, "--ratings", ratings, "--cam", "3", "--registry", f"{small_registry}/registry"]
-    assert cli.main(argv) == 0
+    assert main(argv) == 0
     out = f"{run}/report"
     cams = sorted(f for f in os.listdir(f"{out}/figures") if f.startswith("cam_"))
     assert len(cams) == 3

@@ -6,8 +6,10 @@ import properscoring
 import pytest
 import torch
 
-from erosion import cdf, domain, training
-from erosion.model import ModelConfig, build_model, predict, stage_logits
+from erosion.core import domain
+from erosion.model import cdf
+from erosion.model.network import ModelConfig, build_model, predict, stage_logits
+from erosion.train import step
 
 SMALL_CDF = ModelConfig(input_size=64, width=0.25, head="cdf")
 
@@ -84,7 +86,7 @@ def test_trained_with_crps_the_head_learns_the_percent_of_a_few_crops():
     before = np.abs(predict(model.eval(), pixels.numpy())[:, 6] - pct.numpy()).mean()
     for _ in range(150):
         model.train()
-        training.train_step(model, optimizer, pixels, labels, weights, generator, None, pct)
+        step.train_step(model, optimizer, pixels, labels, weights, generator, None, pct)
     after = predict(model.eval(), pixels.numpy())
     error = np.abs(after[:, 6] - pct.numpy()).mean()
     print(f"mean absolute % error: {before:.1f} before, {error:.1f} after training")

@@ -4,8 +4,8 @@ import sys
 import pytest
 import torch
 
-from erosion import checkpoint
-from erosion.model import ErosionCNN, ModelConfig
+from erosion.model import checkpoint
+from erosion.model.network import ErosionCNN, ModelConfig
 
 SMALL = ModelConfig(input_size=64, width=0.25)
 
@@ -24,7 +24,7 @@ def test_a_checkpoint_loads_in_a_plain_process_without_ray(tmp_path):
     torch.save(x, tmp_path / "x.pt")
     script = f"""
 import sys, torch
-from erosion import checkpoint
+from erosion.model import checkpoint
 model, card = checkpoint.load({str(tmp_path / "ck")!r})
 assert "ray" not in sys.modules, "loading a checkpoint imported Ray"
 x, expected = torch.load({str(tmp_path / "x.pt")!r}), torch.load({str(tmp_path / "expected.pt")!r})

@@ -3,9 +3,11 @@ import subprocess
 import numpy as np
 import pandas as pd
 
-from erosion import checkpoint, cli, storage
-from erosion.split import split_of
-from erosion.summary import summarize
+from erosion.cli.main import main
+from erosion.core.split import split_of
+from erosion.io import storage
+from erosion.model import checkpoint
+from erosion.registry.summary import summarize
 
 
 def test_summary_on_ray_matches_a_plain_count(ray_local, small_registry):
@@ -31,7 +33,7 @@ def test_summary_reads_the_registry_from_s3_in_ray_workers(ray_local, small_regi
 
 
 def test_demo_runs_end_to_end(ray_local, tmp_path, capsys):
-    assert cli.main(["demo", "--patients", "16", "--epochs", "1", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--patients", "16", "--epochs", "1", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "validation:" in printed and "0 problems" in printed and "class mix" in printed
     assert "trained a reduced model" in printed and "best epoch 1" in printed
@@ -44,7 +46,7 @@ def test_validate_command_exits_1_and_writes_the_report_on_bad_input(tmp_path, s
     registry.loc[3, "joint"] = "knee"
     (tmp_path / "bad").mkdir()
     registry.to_parquet(tmp_path / "bad" / "part-0.parquet")
-    code = cli.main(["validate", "--registry", str(tmp_path / "bad"), "--report", str(tmp_path / "problems")])
+    code = main(["validate", "--registry", str(tmp_path / "bad"), "--report", str(tmp_path / "problems")])
     assert code == 1
     problems = pd.read_parquet(tmp_path / "problems")
     assert problems[["row", "column"]].values.tolist() == [[3, "joint"]]

@@ -22,7 +22,7 @@ import ray
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from erosion import cli
+from erosion.cli.main import parser
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
@@ -186,7 +186,7 @@ def test_every_rayjob_entrypoint_passes_its_jobs_argument_parser():
     for job in [m for m in _manifests() if m["kind"] == "RayJob"]:
         python, script, *args = shlex.split(job["spec"]["entrypoint"])
         assert python == "python" and script.startswith("jobs/")
-        cli.parser().parse_args([Path(script).stem, *args])  # exits (fails the test) on an unknown argument
+        parser().parse_args([Path(script).stem, *args])  # exits (fails the test) on an unknown argument
 
 
 def test_runtime_env_is_one_that_ray_accepts():
@@ -198,16 +198,18 @@ DRIVER = """
 import json, sys
 import ray
 from ray.util.state import list_actors
-from erosion import datasets, synth, training
-from erosion.augment import NO_AUGMENTATION
-from erosion.model import ModelConfig
+from erosion.registry import synth
+from erosion.train import training
+from erosion.train import labelled
+from erosion.model.augment import NO_AUGMENTATION
+from erosion.model.network import ModelConfig
 
 address, out = sys.argv[1], sys.argv[2]
 synth.generate(synth.SynthConfig(patients=4, out=f"{out}/data", seed=1))
 ray.init(address=address)
 result = training.train(
     training.TrainConfig(
-        data=datasets.LabelSet(f"{out}/data/registry", f"{out}/data/ratings"),
+        data=labelled.LabelSet(f"{out}/data/registry", f"{out}/data/ratings"),
         out=f"{out}/runs", name="two-nodes", epochs=1, workers=2, cpus_per_worker=2, batch_size=16,
         model=ModelConfig(input_size=64, width=0.25), augment=NO_AUGMENTATION, max_failures=0,
     )

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
-from erosion import domain
+from erosion.core import domain
 
 
 @pytest.mark.parametrize(

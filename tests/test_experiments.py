@@ -9,13 +9,15 @@ import pandas as pd
 import pytest
 from sklearn import metrics
 
-from erosion import augment, checkpoint, cli, datasets, evaluate, experiments, training
-from erosion.model import ModelConfig
+from erosion.cli.main import main
+from erosion.model import augment, checkpoint
+from erosion.model.network import ModelConfig
+from erosion.train import evaluate, experiments, labelled, training
 
 
 def test_each_variant_differs_from_the_base_in_what_it_studies_only():
     base = training.TrainConfig(
-        data=datasets.LabelSet("registry", "ratings"), out="out", epochs=3, model=ModelConfig(input_size=64, width=0.25)
+        data=labelled.LabelSet("registry", "ratings"), out="out", epochs=3, model=ModelConfig(input_size=64, width=0.25)
     )
     runs = experiments.variants("all", experiments.ExperimentConfig(base=base, vgg16_input_size=32))
     assert list(runs) == ["unweighted", "weighted", "cdf", "vgg16"]
@@ -43,7 +45,7 @@ def experiment(ray_local, small_registry, tmp_path_factory) -> str:
     command = ["experiment", "head", "--registry", f"{small_registry}/registry", "--ratings"]
     command += [f"{small_registry}/ratings", "--truth", f"{small_registry}/truth", "--out", out]
     command += ["--epochs", "1", "--batch-size", "32", "--input-size", "64", "--width", "0.25", "--tta", "2"]
-    assert cli.main(command) == 0
+    assert main(command) == 0
     return out
 
 
@@ -95,7 +97,7 @@ def test_the_table_holds_every_variant_view_split_and_reference_with_recomputabl
 def test_evaluate_prints_the_cdf_heads_figures_as_the_experiment_table_has_them(experiment, small_registry, capsys):
     command = ["evaluate", "--model", f"{experiment}/cdf", "--registry", f"{small_registry}/registry"]
     command += ["--ratings", f"{small_registry}/ratings", "--truth", f"{small_registry}/truth", "--split", "test"]
-    assert cli.main(command) == 0
+    assert main(command) == 0
     printed = capsys.readouterr().out
     table = pd.read_parquet(f"{experiment}/table.parquet")
     row = table.query("variant == 'cdf' and tta == 0 and split == 'test' and reference == 'ground truth'").iloc[0]

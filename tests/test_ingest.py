@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from erosion import ingest, storage, validate
+from erosion.io import storage
+from erosion.registry import ingest, validate
 
 
 def _jpeg(value: int) -> bytes:

@@ -23,8 +23,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from erosion import checkpoint, runs, storage, synth
-from erosion.model import ErosionCNN, ModelConfig
+from erosion.io import runs, storage
+from erosion.model import checkpoint
+from erosion.model.network import ErosionCNN, ModelConfig
+from erosion.registry import synth
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ModelConfig(input_size=64, width=0.25)

@@ -1,6 +1,6 @@
 import torch
 
-from erosion.model import ErosionCNN, ModelConfig, count_parameters
+from erosion.model.network import ErosionCNN, ModelConfig, count_parameters
 
 
 def test_the_papers_cnn_has_1_072_818_trainable_parameters():

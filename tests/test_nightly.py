@@ -8,8 +8,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from erosion import carry, cli, nightly, runs, scoring, storage
-from erosion.model import ModelConfig
+from erosion.cli.main import main
+from erosion.io import runs, storage
+from erosion.model.network import ModelConfig
+from erosion.score import carry, scoring
+from erosion.workflows import nightly
 
 SMALL = ModelConfig(input_size=64, width=0.25)
 
@@ -143,7 +146,7 @@ def test_a_new_model_version_scores_everything_anew(nights):
 
 
 def test_runs_lists_every_committed_night_with_its_counts(nights, capsys):
-    assert cli.main(["runs", "--out", nights["out"]]) == 0
+    assert main(["runs", "--out", nights["out"]]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1] == f"4 committed runs in {nights['out']}"
     third = next(line for line in lines if line.startswith("2026-11-23"))

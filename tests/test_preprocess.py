@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from erosion.preprocess import letterbox, letterbox_batch
+from erosion.registry.preprocess import letterbox, letterbox_batch
 
 
 def _encode(array: np.ndarray, fmt: str) -> bytes:

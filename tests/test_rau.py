@@ -5,7 +5,7 @@ import datetime
 import pyarrow as pa
 import pytest
 
-from erosion import rau
+from erosion.core import rau
 
 D1, D2 = datetime.date(2020, 1, 1), datetime.date(2021, 6, 30)
 

@@ -12,9 +12,12 @@ import pytest
 import s3fs
 from sklearn import metrics
 
-from erosion import cli, report, runs, scoring, storage
-from erosion.domain import ALL_JOINTS
-from erosion.model import ModelConfig
+from erosion.cli.main import main
+from erosion.core.domain import ALL_JOINTS
+from erosion.io import runs, storage
+from erosion.model.network import ModelConfig
+from erosion.report import report, tables
+from erosion.score import scoring
 
 TABLES = ("accounting", "agreement", "confusion", "icc", "venn")
 BROKEN = 3  # registry rows whose image is replaced by bytes that are no image
@@ -40,14 +43,14 @@ def scored(ray_local, small_registry, untrained_model, tmp_path_factory) -> dict
 @pytest.fixture(scope="module")
 def made(scored) -> str:
     """The report of that run, made through the command line; returns its folder."""
-    assert cli.main(["report", "--scores", scored["run"], "--ratings", scored["ratings"]]) == 0
+    assert main(["report", "--scores", scored["run"], "--ratings", scored["ratings"]]) == 0
     return f"{scored['run']}/report"
 
 
 def _stages(scored) -> tuple[pd.DataFrame, str]:
     """An independent join of the run's scores and the ratings: joint, then one column per rater."""
     scores = pq.read_table(f"{scored['run']}/scores").to_pandas()
-    model = report.model_rater(scores["model_version"].iloc[0])
+    model = tables.model_rater(scores["model_version"].iloc[0])
     scores = scores[scores["error"].isna()].set_index("joint_id")
     ratings = pq.read_table(scored["ratings"]).to_pandas()
     wide = ratings.pivot(index="joint_id", columns="rater", values="ratingen")
@@ -167,7 +170,7 @@ def test_join_stages_leaves_out_and_counts_every_unusable_row():
             "ratingen": [0, 7, 3, 3, 1, 2, 1, None],
         }
     )
-    stages, accounting = report.join_stages(scores, ratings, "model")
+    stages, accounting = tables.join_stages(scores, ratings, "model")
     rows = {(r.source, r.outcome): r.rows for r in accounting.itertuples()}
     assert rows == {
         ("scores", "used"): 2,
@@ -199,14 +202,14 @@ def test_pairs_without_common_joints_or_with_one_class_get_a_note_not_a_crash():
             "c": [np.nan, np.nan, 1.0, 2.0],
         }
     )
-    pairs, confusion = report.pair_tables(stages, ["a", "b", "c"])
+    pairs, confusion = tables.pair_tables(stages, ["a", "b", "c"])
     every = pairs[pairs["subset"] == ALL_JOINTS].set_index(["reference", "rater"])
     assert every.loc[("a", "b"), "n"] == 2 and every.loc[("a", "b"), "accuracy"] == 1.0
     assert np.isnan(every.loc[("a", "b"), "kappa"]) and "undefined" in every.loc[("a", "b"), "note"]
     assert every.loc[("b", "c"), "n"] == 0 and every.loc[("b", "c"), "note"] == "no joint rated by both"
     assert every.loc[("a", "c"), "accuracy"] == 0.0
     assert set(confusion.groupby(["subset", "reference", "rater"]).size()) == {36}
-    icc = report.icc_table(stages, ["a", "b", "c"])
+    icc = tables.icc_table(stages, ["a", "b", "c"])
     assert icc["value"].isna().all() and icc["note"].str.contains("n >= 2").all()
 
 

@@ -16,9 +16,12 @@ import pytest
 import ray
 from PIL import Image
 
-from erosion import augment, checkpoint, domain, runs, schema, scoring, storage
-from erosion.model import ModelConfig, predict, probabilities
-from erosion.preprocess import letterbox
+from erosion.core import domain, schema
+from erosion.io import runs, storage
+from erosion.model import augment, checkpoint
+from erosion.model.network import ModelConfig, predict, probabilities
+from erosion.registry.preprocess import letterbox
+from erosion.score import scoring
 
 SMALL = ModelConfig(input_size=64, width=0.25)
 

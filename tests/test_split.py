@@ -1,6 +1,6 @@
 import random
 
-from erosion.split import FRACTIONS, SPLITS, assign_splits, split_of
+from erosion.core.split import FRACTIONS, SPLITS, assign_splits, split_of
 
 PATIENTS = [f"patient-{i:05d}" for i in range(1000)]
 

@@ -3,7 +3,8 @@ import datetime as dt
 import pyarrow as pa
 import pytest
 
-from erosion import schema, storage
+from erosion.core import schema
+from erosion.io import storage
 
 
 def _registry_rows(n: int, start: int = 0) -> pa.Table:

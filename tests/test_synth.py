@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 from sklearn.metrics import cohen_kappa_score
 
-from erosion import domain, storage, synth
+from erosion.core import domain
+from erosion.io import storage
+from erosion.registry import synth
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +108,7 @@ def test_writes_to_s3(s3_bucket):
 
 _PEAK = """
 import resource, sys
-from erosion import synth
+from erosion.registry import synth
 synth.generate(synth.SynthConfig(patients=int(sys.argv[1]), out=sys.argv[2], rows_per_file=1000))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """

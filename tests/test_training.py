@@ -15,10 +15,13 @@ import ray
 import torch
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 
-from erosion import checkpoint, datasets, evaluate, storage, synth, training
-from erosion.model import ModelConfig
-from erosion.preprocess import letterbox_batch
-from erosion.split import split_of
+from erosion.core.split import split_of
+from erosion.io import storage
+from erosion.model import checkpoint
+from erosion.model.network import ModelConfig
+from erosion.registry import synth
+from erosion.registry.preprocess import letterbox_batch
+from erosion.train import evaluate, labelled, training
 
 SMALL = ModelConfig(input_size=64, width=0.25)
 
@@ -31,7 +34,7 @@ def train_registry(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _config(registry: str, out: str, name: str, **changes) -> training.TrainConfig:
-    labels = datasets.LabelSet(f"{registry}/registry", f"{registry}/ratings")
+    labels = labelled.LabelSet(f"{registry}/registry", f"{registry}/ratings")
     return training.TrainConfig(data=labels, out=out, name=name, batch_size=32, model=SMALL, **changes)
 
 

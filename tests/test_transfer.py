@@ -17,9 +17,10 @@ import pytest
 import torch
 import torchvision
 
-from erosion import checkpoint, datasets, training
-from erosion.augment import NO_AUGMENTATION
-from erosion.model import ErosionVGG16, ModelConfig, build_model, load_pretrained, probabilities
+from erosion.model import checkpoint
+from erosion.model.augment import NO_AUGMENTATION
+from erosion.model.network import ErosionVGG16, ModelConfig, build_model, load_pretrained, probabilities
+from erosion.train import labelled, training
 
 VGG = ModelConfig(input_size=32, arch="vgg16")
 
@@ -78,8 +79,8 @@ def test_pretrained_weights_are_read_from_a_local_file_into_all_but_the_last_lay
 
 
 def test_without_a_weights_file_vgg16_says_it_starts_from_random_weights(caplog):
-    config = training.TrainConfig(data=datasets.LabelSet("registry", "ratings"), out="unused", model=VGG, epochs=35)
-    with caplog.at_level(logging.WARNING, logger="erosion.training"):
+    config = training.TrainConfig(data=labelled.LabelSet("registry", "ratings"), out="unused", model=VGG, epochs=35)
+    with caplog.at_level(logging.WARNING, logger="erosion.train.training"):
         assert training.pretrained_weights(config) is None
     assert "random weights" in caplog.text
     caplog.clear()
@@ -117,7 +118,7 @@ def _checkpoint_of_epoch(run: str, epoch: int) -> str:
 
 @pytest.mark.slow
 def test_vgg16_trains_frozen_features_then_all_layers_when_resumed(ray_local, small_registry, weights_file, tmp_path):
-    labels = datasets.LabelSet(f"{small_registry}/registry", f"{small_registry}/ratings", rater="rescorer_1")
+    labels = labelled.LabelSet(f"{small_registry}/registry", f"{small_registry}/ratings", rater="rescorer_1")
     config = training.TrainConfig(
         data=labels,
         out=str(tmp_path),

@@ -3,7 +3,8 @@ import datetime as dt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from erosion import schema, validate
+from erosion.core import schema
+from erosion.registry import validate
 
 NULLABLE = pa.schema([f.with_nullable(True) for f in schema.REGISTRY])  # as an export may write it
 

@@ -1,0 +1,109 @@
+"""The Arrow schemas of the data contracts (design brief): registry, ratings and synthetic ground truth."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from erosion.core.domain import NUM_STAGES
+
+REGISTRY = pa.schema(
+    [
+        pa.field("joint_id", pa.string(), nullable=False),  # stable key, "<sop_iuid>/<joint>"
+        pa.field("patient_id", pa.string(), nullable=False),  # pseudonymous; splits never cut a patient
+        pa.field("visit_date", pa.date32(), nullable=False),  # consultation date
+        pa.field("sop_iuid", pa.string(), nullable=False),  # the source radiograph
+        pa.field("body_part", pa.string(), nullable=False),  # hand_left, hand_right, foot_left, foot_right
+        pa.field("joint", pa.string(), nullable=False),  # pip1..5, mcp1..5, mtp1..5, wrist
+        pa.field("image", pa.binary(), nullable=False),  # encoded crop: JPEG or PNG, 8- or 16-bit
+    ]
+)
+
+RATINGS = pa.schema(
+    [
+        pa.field("joint_id", pa.string(), nullable=False),
+        pa.field("rater", pa.string(), nullable=False),
+        pa.field("erosion_pct", pa.float32()),  # 0..100, null where only a stage was given
+        pa.field("ratingen", pa.int8(), nullable=False),  # 0..5, derived from erosion_pct where only that is given
+    ]
+)
+
+TRUTH = pa.schema(
+    [
+        pa.field("joint_id", pa.string(), nullable=False),
+        pa.field("erosion_pct", pa.float32(), nullable=False),  # the true % eroded surface the crop was drawn with
+        pa.field("ratingen", pa.int8(), nullable=False),  # its stage
+    ]
+)
+"""Synthetic registries only: the ground truth behind each crop."""
+
+KEYS = ["joint_id", "patient_id", "visit_date", "sop_iuid", "body_part", "joint"]
+"""The registry's columns other than the image: what every derived table carries."""
+
+SCORES = pa.schema(
+    [field.with_nullable(True) for field in REGISTRY if field.name in KEYS]  # a row with a null key still comes out
+    + [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("probs", pa.list_(pa.float32(), 6)),  # P(stage k), k = 0..5; null for a row with an error
+        pa.field("ratingen_pred", pa.int8()),  # argmax of probs
+        pa.field("ratingen_expected", pa.float32()),  # sum of k * P(stage k)
+        pa.field("erosion_pct_pred", pa.float32()),  # CDF head: the predicted % eroded (mean); null: stages head
+        pa.field("ratingen_from_pct", pa.int8()),  # CDF head: the stage of erosion_pct_pred; null: stages head
+        pa.field("error", pa.string()),  # "<reason>: <detail>" for a row that could not be scored, else null
+        pa.field("fingerprint", pa.binary(16)),  # BLAKE2b-128 of joint_id and image: what carry-over compares
+        pa.field("carried", pa.bool_(), nullable=False),  # the score was carried over from an earlier run
+    ]
+)
+"""Scores, one row per registry row per run: scored, or with its error."""
+
+PREDICTION_WIDTH = NUM_STAGES + 1
+"""A model's prediction of one crop as scoring moves it: P(stage 0..5), then the predicted % (NaN: stages head)."""
+
+KEY = "joint_id"
+
+_COMPATIBLE = {
+    pa.string(): (pa.string(), pa.large_string(), pa.string_view()),
+    pa.binary(): (pa.binary(), pa.large_binary(), pa.binary_view()),
+    pa.float32(): (pa.float16(), pa.float32(), pa.float64()),
+    pa.int8(): (
+        pa.int8(),
+        pa.int16(),
+        pa.int32(),
+        pa.int64(),
+        pa.uint8(),
+        pa.uint16(),
+        pa.uint32(),
+        pa.uint64(),
+    ),
+    pa.date32(): (pa.date32(),),
+}
+
+
+def schema_problems(actual: pa.Schema, expected: pa.Schema) -> list[tuple[str, str]]:
+    """(column, reason) for each column of ``expected`` that is missing from ``actual`` or has a wrong type.
+
+    Types that read into the contract without loss of meaning pass (large_string for string, any integer
+    for int8 stages, float64 for float32 percentages); extra columns are allowed and ignored.
+    """
+    problems = []
+    for field in expected:
+        index = actual.get_field_index(field.name)
+        if index < 0:
+            problems.append((field.name, f"missing column {field.name!r} ({field.type})"))
+        elif actual.field(index).type not in _COMPATIBLE[field.type]:
+            problems.append(
+                (
+                    field.name,
+                    f"column {field.name!r} has type {actual.field(index).type}, expected {field.type}",
+                )
+            )
+    return problems
+
+
+def normalize_text(batch: pa.RecordBatch, expected: pa.Schema) -> pa.RecordBatch:
+    """The batch with its string and binary columns cast to the contract's types (large_string -> string).
+
+    Numbers keep their types, so a value out of the contract's range is still seen as it was written.
+    """
+    columns = [batch[f.name].cast(f.type) if f.type in (pa.string(), pa.binary()) else batch[f.name] for f in expected]
+    return pa.RecordBatch.from_arrays(columns, names=expected.names)

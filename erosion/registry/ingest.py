@@ -1,0 +1,255 @@
+"""Ingest of a real export: a CSV of labels plus a folder of crop images -> registry and ratings.
+
+Two CSV shapes are read:
+
+* long: one row per joint (and rater), with columns for the patient, the visit date, the radiograph,
+  the body part, the joint and the label; a ``rater`` column is optional.
+* wide: one row per radiograph with a column per joint (``hand_left_1`` .. ``hand_left_10``), as
+  registries export them (the thesis's main data set).
+
+Which CSV column means what is a :class:`ColumnMap`, read from a JSON file, never buried in code. Crops
+are found by a file-name template (``{sop_iuid}_{joint}.jpg`` by default). A row with a missing or
+unreadable image, an unparsable date, an unknown joint or a label out of range goes to the error report
+with its CSV line and reason; everything else is ingested.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import posixpath
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+
+import pandas as pd
+import pyarrow as pa
+
+from erosion.core import domain, schema
+from erosion.io import storage
+from erosion.registry.preprocess import letterbox
+
+
+def default_wide_joints() -> dict[str, str]:
+    """The default wide-form columns: ``<body_part>_1..5`` are MCP 1-5 and ``_6..10`` PIP 1-5, hands only."""
+    columns = {}
+    for hand in ("hand_left", "hand_right"):
+        for i in range(1, 6):
+            columns[f"{hand}_{i}"] = f"{hand}/mcp{i}"
+            columns[f"{hand}_{i + 5}"] = f"{hand}/pip{i}"
+    return columns
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """Which CSV column holds what. Load overrides from JSON with :func:`load_column_map`."""
+
+    patient_id: str = "patient_id"
+    visit_date: str = "visit_date"
+    sop_iuid: str = "sop_iuid"
+    body_part: str = "body_part"  # long form only
+    joint: str = "joint"  # long form only
+    label: str = "erosion_pct"  # long form only: the label column
+    rater: str = "rater"  # long form only, optional: without it every label is the config's rater
+    joints: dict[str, str] = field(default_factory=default_wide_joints)  # wide form: column -> "body_part/joint"
+
+
+def load_column_map(path: str | None) -> ColumnMap:
+    """A ColumnMap from a JSON object whose keys are ColumnMap fields; None gives the defaults."""
+    if path is None:
+        return ColumnMap()
+    with open(path) as f:
+        content = json.load(f)
+    unknown = set(content) - {f.name for f in fields(ColumnMap)}
+    if unknown:
+        raise ValueError(
+            f"unknown keys {sorted(unknown)} in {path}; expected some of {[f.name for f in fields(ColumnMap)]}."
+        )
+    return ColumnMap(**content)
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """One ingest: where the export is, how to read it, where the registry goes."""
+
+    labels: str  # the CSV file (local or s3://)
+    images: str  # the folder of crops (local or s3://)
+    out: str  # receives registry/, ratings/, ingest_errors/ and manifest.json
+    form: str = "wide"  # "wide" (a row per radiograph) or "long" (a row per joint)
+    label_kind: str = "pct"  # "pct": labels are % eroded surface; "stage": Ratingen stages 0-5
+    rater: str = "registry"  # the rater of the labels, unless a long-form rater column says otherwise
+    image_name: str = "{sop_iuid}_{joint}.jpg"  # crop file under images/; fields: sop_iuid, body_part, joint
+    date_format: str | None = None  # strptime format of the dates; None reads ISO 8601 (2019-03-14)
+    columns: ColumnMap = field(default_factory=ColumnMap)
+    rows_per_file: int = 5_000  # joints per registry Parquet file
+    chunk_rows: int = 1_000  # CSV rows read at a time
+
+
+@dataclass
+class _Record:
+    """One joint of the export on its way to the registry."""
+
+    line: int  # CSV line (the header is line 1)
+    patient_id: str
+    visit_date: str
+    sop_iuid: str
+    body_part: str
+    joint: str
+    label: str
+    rater: str
+    column: str  # the CSV column the label came from
+
+    @property
+    def joint_id(self) -> str:
+        return f"{self.sop_iuid}/{self.joint}"
+
+
+ERRORS = pa.schema([("line", pa.int64()), ("key", pa.string()), ("column", pa.string()), ("reason", pa.string())])
+
+
+def ingest(config: IngestConfig, options: storage.StorageOptions | None = None) -> dict:
+    """Ingest the export; returns (and writes as manifest.json) the counts of ingested and rejected rows."""
+    if config.form not in ("wide", "long") or config.label_kind not in ("pct", "stage"):
+        raise ValueError(
+            f"form must be wide or long and label_kind pct or stage, got {config.form}, {config.label_kind}."
+        )
+    out = config.out.rstrip("/")
+    images_fs, images_path = storage.filesystem(config.images, options)
+    registry = storage.TableWriter(f"{out}/registry", schema.REGISTRY, config.rows_per_file, options)
+    ratings = storage.TableWriter(f"{out}/ratings", schema.RATINGS, 10 * config.rows_per_file, options)
+    errors = storage.TableWriter(f"{out}/ingest_errors", ERRORS, 10 * config.rows_per_file, options)
+    seen_images: set[str] = set()
+    seen_ratings: set[tuple[str, str]] = set()
+    for chunk in _records(config, options):
+        joints, labels, problems = [], [], []
+        for record in chunk:
+            try:
+                visit_date = _parse_date(record.visit_date, config.date_format)
+                problem = domain.joint_problem(record.body_part, record.joint)
+                if problem:
+                    raise _RowError("joint", problem)
+                rating = _rating(record, config.label_kind)
+                if (record.joint_id, record.rater) in seen_ratings:
+                    raise _RowError(record.column, f"duplicate label of {record.joint_id!r} by {record.rater!r}")
+                if record.joint_id not in seen_images:
+                    image = _read_image(images_fs, posixpath.join(images_path, _image_name(config, record)), rating)
+                    if image is None:
+                        continue  # a joint that is neither labelled nor imaged is not in the export
+                    joints.append(
+                        (
+                            record.joint_id,
+                            record.patient_id,
+                            visit_date,
+                            record.sop_iuid,
+                            record.body_part,
+                            record.joint,
+                            image,
+                        )
+                    )
+                    seen_images.add(record.joint_id)
+                if rating is not None:
+                    labels.append((record.joint_id, record.rater, *rating))
+                    seen_ratings.add((record.joint_id, record.rater))
+            except _RowError as error:
+                problems.append((record.line, record.joint_id, error.column, error.reason))
+        for writer, rows in ((registry, joints), (ratings, labels), (errors, problems)):
+            if rows:
+                writer.write(
+                    pa.Table.from_pylist([dict(zip(writer.schema.names, r, strict=True)) for r in rows], writer.schema)
+                )
+    for writer in (registry, ratings, errors):
+        writer.close()
+    manifest = {
+        "config": asdict(config),
+        "rows": {"registry": registry.rows, "ratings": ratings.rows, "errors": errors.rows},
+    }
+    storage.write_json(f"{out}/manifest.json", manifest, options)
+    return manifest
+
+
+class _RowError(Exception):
+    def __init__(self, column: str, reason: str) -> None:
+        super().__init__(reason)
+        self.column, self.reason = column, reason
+
+
+def _records(config: IngestConfig, options: storage.StorageOptions | None) -> Iterator[list[_Record]]:
+    """The export as chunks of joint records, streaming the CSV."""
+    fs, path = storage.filesystem(config.labels, options)
+    cols = config.columns
+    with fs.open(path, "r") as f:
+        reader = pd.read_csv(f, dtype=str, keep_default_na=False, chunksize=config.chunk_rows)
+        for number, frame in enumerate(reader):
+            needed = [cols.patient_id, cols.visit_date, cols.sop_iuid]
+            needed += [cols.body_part, cols.joint, cols.label] if config.form == "long" else []
+            missing = [c for c in needed if c not in frame.columns]
+            if missing:
+                raise ValueError(f"{config.labels} lacks the columns {missing}; it has {list(frame.columns)}.")
+            chunk = []
+            for offset, row in enumerate(frame.to_dict("records")):
+                line = number * config.chunk_rows + offset + 2
+                keys = (row[cols.patient_id], row[cols.visit_date], row[cols.sop_iuid])
+                if config.form == "long":
+                    rater = row.get(cols.rater) or config.rater
+                    chunk.append(
+                        _Record(
+                            line,
+                            *keys,
+                            row[cols.body_part],
+                            row[cols.joint],
+                            row[cols.label],
+                            rater,
+                            cols.label,
+                        )
+                    )
+                else:
+                    for column, target in cols.joints.items():
+                        if column in row:
+                            body_part, _, joint = target.partition("/")
+                            chunk.append(_Record(line, *keys, body_part, joint, row[column], config.rater, column))
+            yield chunk
+
+
+def _parse_date(text: str, date_format: str | None) -> dt.date:
+    try:
+        return dt.datetime.strptime(text, date_format).date() if date_format else dt.date.fromisoformat(text)
+    except ValueError:
+        raise _RowError(
+            "visit_date", f"unparsable date {text!r} (expected {date_format or 'ISO 8601, e.g. 2019-03-14'})"
+        ) from None
+
+
+def _rating(record: _Record, label_kind: str) -> tuple[float | None, int] | None:
+    """(erosion_pct, ratingen) of the label, None for an empty label."""
+    text = record.label.strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise _RowError(record.column, f"label {text!r} is not a number") from None
+    if label_kind == "stage":
+        if value not in range(domain.NUM_STAGES):
+            raise _RowError(record.column, f"label {text!r} is not a Ratingen stage 0-5")
+        return None, int(value)
+    if not 0 <= value <= 100:
+        raise _RowError(record.column, f"label {text!r} is outside 0-100 %")
+    return value, domain.ratingen_stage(value)
+
+
+def _image_name(config: IngestConfig, record: _Record) -> str:
+    return config.image_name.format(sop_iuid=record.sop_iuid, body_part=record.body_part, joint=record.joint)
+
+
+def _read_image(fs, path: str, rating: tuple | None) -> bytes | None:
+    """The crop's bytes after a full decode check; None when the joint has neither image nor label."""
+    if not fs.exists(path):
+        if rating is None:
+            return None
+        raise _RowError("image", f"image file not found: {path}")
+    with fs.open(path, "rb") as f:
+        data = f.read()
+    try:
+        letterbox(data)  # the same decode that training and scoring will do
+    except ValueError as error:
+        raise _RowError("image", f"unreadable image {path}: {error}") from None
+    return data

@@ -1,0 +1,214 @@
+"""A synthetic registry with ground truth: patients, visits, radiograph-like joint crops, simulated raters.
+
+The source registry is private, so every test, demo and benchmark runs on this. Design choices:
+
+* Class mix. Each (patient, hand, joint) gets a latent Gaussian trajectory, correlated within the patient
+  (some patients have aggressive disease) and across visits; its values are mapped to uniforms, sorted in
+  time (erosion never heals) and read through the inverse CDF of the target mix. Sorting keeps the
+  multiset, so over all rows the stage mix is the target mix (Table 1 of the paper by default).
+* Crops come from :func:`erosion.registry.phantom.render_joint` and are encoded as JPEG (most), 8-bit PNG and
+  16-bit PNG, as a real export would mix them.
+* Raters. ``registry`` rates every joint; ``rescorer_1`` and ``rescorer_2`` re-rate a random subset of
+  radiographs, enriched for eroded ones like the paper's class-balanced re-scoring set. Each rater has
+  its own bias and noise on the % scale and misses or over-calls small erosions, so that pairwise
+  quadratic kappa on the re-scored joints lands near the paper's 0.55-0.7.
+* Streaming. Patients are drawn one at a time from their own seeded generator and written to
+  bounded-size files, so memory does not grow with the registry and the same seed gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from erosion.core import domain, schema
+from erosion.io import storage
+from erosion.registry.phantom import render_joint
+
+TABLE1_MIX = (0.675, 0.272, 0.023, 0.010, 0.006, 0.014)
+"""Ratingen class mix of the source registry's 102,265 left-hand crops (Rohrbach et al. 2019, Table 1)."""
+
+HAND_JOINTS = tuple(j for j in domain.HAND_JOINTS if j != "wrist")
+"""The ten finger joints of a hand radiograph that the registry crops."""
+
+
+@dataclass(frozen=True)
+class Rater:
+    """A simulated human rater: how they misread the true % eroded surface."""
+
+    name: str
+    bias_pct: float  # added to every eroded joint's %
+    scale: float  # multiplies the true % (over- or under-estimation that grows with erosion)
+    noise_pct: float  # standard deviation of the reading, in % points
+    miss_small: float  # chance to call an erosion under 20 % healthy
+    over_call: float  # chance to call a healthy joint slightly eroded
+
+
+RATERS = (
+    Rater("registry", bias_pct=0.0, scale=1.0, noise_pct=20.0, miss_small=0.4, over_call=0.25),
+    Rater("rescorer_1", bias_pct=5.0, scale=1.15, noise_pct=23.0, miss_small=0.3, over_call=0.3),
+    Rater("rescorer_2", bias_pct=-4.0, scale=0.85, noise_pct=22.0, miss_small=0.5, over_call=0.2),
+)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """What the synthetic registry looks like and where it goes."""
+
+    patients: int  # number of patients; each has 1..max_visits visits
+    out: str  # folder (local or s3://) that receives registry/, ratings/, truth/ and manifest.json
+    seed: int = 0  # the same seed gives the same bytes
+    class_mix: tuple[float, ...] = TABLE1_MIX  # stage 0..5 fractions over all joints
+    hands: tuple[str, ...] = ("hand_left", "hand_right")  # one radiograph per hand per visit
+    max_visits: int = 6  # visits per patient are uniform in 1..max_visits, months to years apart
+    rescored_fraction: float = 0.1  # chance that the two re-scorers also rate a radiograph ...
+    rescore_enrichment: float = 5.0  # ... times this when it shows erosion of stage 2 or more
+    rows_per_file: int = 5_000  # joints per Parquet file: bounds memory and file size
+    jpeg_share: float = 0.8  # the rest is split 60/40 between 8-bit and 16-bit PNG
+
+
+def generate(config: SynthConfig, options: storage.StorageOptions | None = None) -> dict:
+    """Write the registry, its ratings and the ground truth; returns the manifest (also written as JSON)."""
+    _check(config)
+    started = time.perf_counter()
+    cumulative = np.cumsum(config.class_mix)
+    writers = {
+        name: storage.TableWriter(f"{config.out.rstrip('/')}/{name}", table_schema, config.rows_per_file, options)
+        for name, table_schema in (
+            ("registry", schema.REGISTRY),
+            ("ratings", schema.RATINGS),
+            ("truth", schema.TRUTH),
+        )
+    }
+    for index in range(config.patients):
+        tables = patient_tables(config, index, cumulative)
+        for name, table in tables.items():
+            writers[name].write(table)
+    files = {name: writer.close() for name, writer in writers.items()}
+    seconds = time.perf_counter() - started
+    manifest = {
+        "config": asdict(config),
+        "rows": {name: writer.rows for name, writer in writers.items()},
+        "files": {name: len(paths) for name, paths in files.items()},
+        "seconds": round(seconds, 2),
+        "joints_per_second": round(writers["registry"].rows / seconds, 1),
+    }
+    storage.write_json(f"{config.out.rstrip('/')}/manifest.json", manifest, options)
+    return manifest
+
+
+def patient_tables(config: SynthConfig, index: int, cumulative: np.ndarray) -> dict[str, pa.Table]:
+    """The registry, ratings and truth rows of one patient, from the patient's own generator."""
+    rng = np.random.default_rng([config.seed, index])
+    patient_id = "p" + hashlib.blake2b(f"{config.seed}/{index}".encode(), digest_size=6).hexdigest()
+    visits = _visit_dates(rng, int(rng.integers(1, config.max_visits + 1)))
+    pct = _erosion_trajectories(rng, len(visits), len(config.hands) * len(HAND_JOINTS), cumulative)
+    registry, truth, ratings = [], [], []
+    for v, visit in enumerate(visits):
+        for h, hand in enumerate(config.hands):
+            sop_iuid = "2.25." + str(
+                int(hashlib.blake2b(f"{patient_id}/{v}/{hand}".encode(), digest_size=15).hexdigest(), 16)
+            )
+            enrich = (
+                config.rescore_enrichment if pct[v, h * len(HAND_JOINTS) : (h + 1) * len(HAND_JOINTS)].max() > 20 else 1
+            )
+            raters = RATERS if rng.random() < config.rescored_fraction * enrich else RATERS[:1]
+            for j, joint in enumerate(HAND_JOINTS):
+                true_pct = float(pct[v, h * len(HAND_JOINTS) + j])
+                joint_id = f"{sop_iuid}/{joint}"
+                image = _encode(rng, render_joint(rng, true_pct, joint), config.jpeg_share)
+                registry.append((joint_id, patient_id, visit, sop_iuid, hand, joint, image))
+                truth.append((joint_id, true_pct, domain.ratingen_stage(true_pct)))
+                for rater in raters:
+                    read = _read(rng, rater, true_pct)
+                    ratings.append((joint_id, rater.name, read, domain.ratingen_stage(read)))
+    return {
+        "registry": _table(registry, schema.REGISTRY),
+        "truth": _table(truth, schema.TRUTH),
+        "ratings": _table(ratings, schema.RATINGS),
+    }
+
+
+def _table(rows: list[tuple], table_schema: pa.Schema) -> pa.Table:
+    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in table_schema]
+    return pa.Table.from_arrays(
+        [pa.array(c, f.type) for c, f in zip(columns, table_schema, strict=True)], schema=table_schema
+    )
+
+
+def _visit_dates(rng: np.random.Generator, n: int) -> list[dt.date]:
+    """n consultation dates, the first in 2008-2019, then every 6 to 30 months."""
+    first = dt.date(2008, 1, 1) + dt.timedelta(days=int(rng.integers(0, 12 * 365)))
+    gaps = np.concatenate([[0], np.cumsum(rng.integers(180, 900, size=n - 1))])
+    return [first + dt.timedelta(days=int(g)) for g in gaps]
+
+
+def _erosion_trajectories(rng: np.random.Generator, visits: int, joints: int, cumulative: np.ndarray) -> np.ndarray:
+    """True % eroded, shape (visits, joints): non-decreasing over visits, stage mix as ``cumulative``."""
+    patient = rng.standard_normal()
+    joint_level = math.sqrt(0.2) * patient + math.sqrt(0.8) * rng.standard_normal(joints)
+    latent = 0.9 * joint_level + math.sqrt(1 - 0.9**2) * rng.standard_normal((visits, joints))
+    uniform = np.sort(0.5 * (1.0 + np.vectorize(math.erf)(latent / math.sqrt(2.0))), axis=0)
+    return _pct_from_uniform(uniform, cumulative)
+
+
+def _pct_from_uniform(u: np.ndarray, cumulative: np.ndarray) -> np.ndarray:
+    """Inverse CDF of the % distribution: stage by ``cumulative``, then a monotone position inside the stage.
+
+    Eroded joints start at 5 % of their stage's range; half of stage 5 is fully destroyed (100 %), as in the
+    thesis's histogram of the source registry.
+    """
+    stage = np.minimum(np.searchsorted(cumulative, u, side="right"), domain.NUM_STAGES - 1)
+    low = np.concatenate([[0.0], cumulative[:-1]])[stage]
+    width = np.asarray(cumulative)[stage] - low
+    local = np.clip((u - low) / np.where(width > 0, width, 1.0), 0.0, 1.0)
+    upper = np.asarray(domain.STAGE_UPPER_PCT)[stage]
+    lower = np.where(stage > 0, np.asarray((0.0,) + domain.STAGE_UPPER_PCT[:-1])[stage], 0.0)
+    within = np.where(stage == 5, np.minimum(local / 0.5, 1.0), local)
+    pct = lower + (upper - lower) * (0.05 + 0.95 * within)
+    return np.where(stage == 0, 0.0, np.round(pct, 1))
+
+
+def _read(rng: np.random.Generator, rater: Rater, true_pct: float) -> float:
+    """A rater's reading of a joint, in whole % as raters write them down."""
+    if true_pct == 0.0:
+        return float(rng.integers(1, 15)) if rng.random() < rater.over_call else 0.0
+    if true_pct <= 20.0 and rng.random() < rater.miss_small:
+        return 0.0
+    read = rater.scale * true_pct + rater.bias_pct + rater.noise_pct * rng.standard_normal()
+    return float(np.clip(np.round(read), 1.0, 100.0))
+
+
+def _encode(rng: np.random.Generator, pixels: np.ndarray, jpeg_share: float) -> bytes:
+    """Encode a [0, 1] crop as JPEG (quality 75-95), 8-bit PNG or 16-bit PNG."""
+    kind = rng.random()
+    buffer = io.BytesIO()
+    if kind < jpeg_share:
+        Image.fromarray(np.round(pixels * 255).astype(np.uint8)).save(buffer, "JPEG", quality=int(rng.integers(75, 96)))
+    elif kind < jpeg_share + 0.6 * (1 - jpeg_share):
+        Image.fromarray(np.round(pixels * 255).astype(np.uint8)).save(buffer, "PNG")
+    else:
+        Image.fromarray(np.round(pixels * 65535).astype(np.uint16)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _check(config: SynthConfig) -> None:
+    if config.patients < 1:
+        raise ValueError(f"patients must be >= 1, got {config.patients}.")
+    if len(config.class_mix) != domain.NUM_STAGES or abs(sum(config.class_mix) - 1) > 1e-6 or min(config.class_mix) < 0:
+        raise ValueError(
+            f"class_mix must be {domain.NUM_STAGES} non-negative fractions summing to 1, got {config.class_mix}."
+        )
+    for hand in config.hands:
+        if hand not in ("hand_left", "hand_right"):
+            raise ValueError(f"hands must be hand_left and/or hand_right, got {hand!r}.")
+    if not 0 <= config.rescored_fraction <= 1:
+        raise ValueError(f"rescored_fraction must lie in [0, 1], got {config.rescored_fraction}.")

@@ -1,0 +1,84 @@
+"""The report's plots as PNG bytes: confusion matrices (counts and row-normalised) and the agreement Venn diagram."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")  # no screen: render to memory
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Circle  # noqa: E402
+
+from erosion.core.domain import NUM_STAGES  # noqa: E402
+
+
+def safe_name(text: str) -> str:
+    """``text`` fit for a file name: every run of characters other than ASCII letters and digits becomes one hyphen."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")
+
+
+def file_name(reference: str, rater: str) -> str:
+    """The confusion plot's file name for a pair of raters (any characters in rater names made safe)."""
+    return "confusion_" + "_vs_".join(safe_name(r) for r in (reference, rater)) + ".png"
+
+
+def cam_file_name(joint_id: str) -> str:
+    """The file name of a joint's Grad-CAM heat map (see :mod:`erosion.report.cam`)."""
+    return f"cam_{safe_name(joint_id)}.png"
+
+
+def confusion_plots(confusion: pd.DataFrame, subset: str) -> dict[str, bytes]:
+    """One PNG per pair of raters on one subset: the counts beside the row-normalised shares."""
+    plots = {}
+    for (reference, rater), cells in confusion[confusion["subset"] == subset].groupby(["reference", "rater"]):
+        counts = np.zeros((NUM_STAGES, NUM_STAGES), np.int64)
+        counts[cells["reference_stage"], cells["rater_stage"]] = cells["count"]
+        rows = counts.sum(axis=1, keepdims=True)
+        shares = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+        fig, axes = plt.subplots(1, 2, figsize=(9.6, 4.4), constrained_layout=True)
+        for ax, values, title, text in (
+            (axes[0], counts, "counts", lambda v: f"{v:d}"),
+            (axes[1], shares, "share of each reference stage", lambda v: f"{v:.2f}"),
+        ):
+            ax.imshow(values / max(values.max(), 1), cmap="Blues", vmin=0, vmax=1)
+            for (i, j), v in np.ndenumerate(values):
+                dark = values[i, j] > 0.6 * values.max()
+                ax.text(j, i, text(v), ha="center", va="center", fontsize=8, color="white" if dark else "black")
+            ax.set(xticks=range(NUM_STAGES), yticks=range(NUM_STAGES), xlabel=f"{rater} (stage)")
+            ax.set(ylabel=f"{reference} (stage)", title=title)
+        fig.suptitle(f"{rater} against {reference}, {subset} (n = {counts.sum()})")
+        plots[file_name(reference, rater)] = to_png(fig)
+    return plots
+
+
+def venn_plot(venn: pd.DataFrame) -> dict[str, bytes]:
+    """The three raters as circles; each overlap holds the joints on which those raters, and only they, agree."""
+    if venn.empty:
+        return {}
+    v = venn.iloc[0]
+    fig, ax = plt.subplots(figsize=(6, 5.6), constrained_layout=True)
+    centres = {"a": (-0.6, 0.35), "b": (0.6, 0.35), "c": (0.0, -0.65)}
+    for (key, (x, y)), colour in zip(centres.items(), ("tab:blue", "tab:orange", "tab:green"), strict=True):
+        ax.add_patch(Circle((x, y), 1.05, alpha=0.25, color=colour))
+        ax.text(x * 1.9, y * 1.75 + (0.25 if y > 0 else -0.25), v[f"rater_{key}"], ha="center", fontsize=10)
+    labels = {(0.0, 0.8): v["only_ab"], (-0.55, -0.35): v["only_ac"], (0.55, -0.35): v["only_bc"], (0, 0): v["all"]}
+    for (x, y), count in labels.items():
+        ax.text(x, y, f"{count:,}", ha="center", va="center", fontsize=12, weight="bold")
+    ax.set(xlim=(-2.2, 2.2), ylim=(-2.2, 1.9), aspect="equal")
+    ax.axis("off")
+    ax.set_title(f"Agreement on {v['n']:,} joints rated by all three; no two agree on {v['none']:,}")
+    return {"venn.png": to_png(fig)}
+
+
+def to_png(fig: Figure) -> bytes:
+    """The figure as PNG bytes (110 dpi); the figure is closed."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()

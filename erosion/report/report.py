@@ -1,0 +1,189 @@
+"""The agreement report of a scoring run: the model as one more rater beside the human raters.
+
+The run's scores are joined with the ratings by joint_id into one table of stages (a row per joint the model
+scored, a column per rater). Every pair of raters is compared on each subset of joints (all; each joint type;
+each joint) with the statistics of :mod:`erosion.core.agreement`, and one ICC is computed over all raters on the
+joints they all rated. Rows that cannot take part (a score with an error, a rating with no valid stage, a
+duplicate, a rating of a joint the run did not score) are left out and counted, so that every input row is
+accounted for. The tables are pure functions of the joined stages (:mod:`erosion.report.tables`);
+:func:`build` reads, writes Parquet, plots and renders the page; :func:`report` does it atomically (a run
+folder, committed when complete). On request, :func:`explain` adds Grad-CAM heat maps of the joints the model
+and the humans disagree on most.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import posixpath
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from erosion.core import agreement
+from erosion.core.domain import ALL_JOINTS
+from erosion.core.split import SPLITS
+from erosion.io import runs, storage
+from erosion.model import checkpoint
+from erosion.registry.preprocess import letterbox
+from erosion.report import cam, figures, page, tables
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What to report on and where the report goes."""
+
+    scores: str  # a committed scoring run, <out>/<run_id>
+    ratings: str  # the ratings table (one row per joint and rater)
+    out: str = ""  # the report's folder; default <scores>/report
+    split: str = "all"  # "all" or one of the patient splits (train, val, test) of split_seed
+    split_seed: int = 0
+    icc_form: str = "ICC2"  # the form the page reports; the Parquet table has all six
+    venn: tuple[str, ...] = ()  # three raters; default the model and the two human raters with most joints in common
+    cam: int = 0  # Grad-CAM heat maps of this many most disagreed-on joints (0: none)
+    registry: str = ""  # the registry table the heat maps' crops come from; default the run's registry
+    options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """Where the report went and what it says on all joints."""
+
+    out: str
+    html: str
+    raters: list[str]
+    tables: tables.Tables
+
+
+def build(config: ReportConfig, folder: str, run: dict | None = None) -> ReportResult:
+    """Read the run and the ratings, write every table, plot and the page into ``folder``.
+
+    ``run`` is the scoring run's manifest, for a run that is not committed yet (the nightly job's staging).
+    """
+    if config.split != "all" and config.split not in SPLITS:
+        raise ValueError(f"split must be 'all' or one of {', '.join(SPLITS)}; got {config.split!r}.")
+    if config.icc_form not in agreement.ICC_FORMS:
+        raise ValueError(f"icc_form must be one of {', '.join(agreement.ICC_FORMS)}; got {config.icc_form!r}.")
+    if config.cam < 0:
+        raise ValueError(f"cam must be a number of joints >= 0, got {config.cam}.")
+    run = run or runs.manifest(config.scores, config.options)
+    model = tables.model_rater(run["model_version"])
+    columns = ["joint_id", "patient_id", "joint", "ratingen_pred", "error"]
+    scores = storage.read_table(f"{config.scores.rstrip('/')}/scores", columns, config.options).to_pandas()
+    ratings = storage.read_table(config.ratings, ["joint_id", "rater", "ratingen"], config.options).to_pandas()
+    stages, accounting = tables.join_stages(scores, ratings, model, config.split, config.split_seed)
+    humans = [c for c in stages.columns if c not in ("joint", model)]
+    if not humans:
+        raise ValueError(f"no rating in {config.ratings} is of a joint scored in run {config.scores}.")
+    raters = humans + [model]
+    venn = tuple(config.venn) or tables.venn_raters(stages, humans, model)
+    unknown = set(venn) - set(raters)
+    if unknown or len(venn) not in (0, 3):
+        raise ValueError(f"the Venn diagram takes three of the raters {raters}; got {list(venn)}.")
+    result = tables.build_tables(stages, accounting, raters, venn)
+    for name in (f.name for f in dataclasses.fields(tables.Tables)):
+        table = pa.Table.from_pandas(getattr(result, name), preserve_index=False)
+        storage.write_table(f"{folder}/{name}.parquet", table, config.options)
+    plots = figures.confusion_plots(result.confusion, ALL_JOINTS) | figures.venn_plot(result.venn)
+    for name, png in plots.items():
+        storage.write_bytes(f"{folder}/figures/{name}", png, config.options)
+    explained = explain(config, run, stages, model, humans)
+    for e in explained:
+        if e.file:
+            storage.write_bytes(f"{folder}/figures/{e.file}", e.png, config.options)
+    made = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    context = page.Context(
+        run=run, model=model, split=config.split, split_seed=config.split_seed, icc_form=config.icc_form, made=made
+    )
+    html = f"{folder}/report.html"
+    storage.write_bytes(html, page.render(result, raters, plots, context, explained).encode(), config.options)
+    return ReportResult(out=folder, html=html, raters=raters, tables=result)
+
+
+def explain(
+    config: ReportConfig, run: dict, stages: pd.DataFrame, model: str, humans: list[str]
+) -> list[cam.Explanation]:
+    """Grad-CAM heat maps of the ``config.cam`` joints whose model stage is furthest from the humans' mean stage.
+
+    The model is the run's (its manifest's ``model``, checked against its version), the crops come from the
+    registry, read for those joints alone. A joint whose crop is gone or no longer decodes is listed with the
+    reason instead of a heat map. Each map explains the stage the run gave the joint.
+    """
+    chosen = cam.most_disagreed(stages, model, humans, config.cam)
+    if not chosen:
+        return []
+    registry = config.registry or run.get("registry", "")
+    if not registry:
+        raise ValueError(f"run {config.scores} names no registry: give the registry the heat maps' crops come from.")
+    network, card = checkpoint.load(run["model"], options=config.options)
+    if card.model_version != run["model_version"]:
+        raise ValueError(
+            f"the model at {run['model']} is version {card.model_version}, but the run was scored with version"
+            f" {run['model_version']}: its heat maps would explain another model."
+        )
+    images = _images(registry, chosen, config.options)
+    pixels, errors = {}, {}
+    for joint_id in chosen:
+        try:
+            pixels[joint_id] = letterbox(images[joint_id] or b"", card.model.input_size)
+        except KeyError:
+            errors[joint_id] = f"not in the registry: {registry}"
+        except ValueError as error:
+            errors[joint_id] = str(error)
+    ok = list(pixels)
+    heat = cam.grad_cam(network, np.stack([pixels[j] for j in ok]), stages.loc[ok, model].to_numpy()) if ok else []
+    maps = dict(zip(ok, heat, strict=True))
+    raters, used, explained = [model, *humans], set(), []
+    for joint_id in chosen:
+        rated = {r: float(stages.at[joint_id, r]) for r in raters}
+        if joint_id in errors:
+            explained.append(cam.Explanation(joint_id, rated, error=errors[joint_id]))
+            continue
+        file, copy = figures.cam_file_name(joint_id), 1
+        while file in used:  # two joint ids that differ only in punctuation
+            copy += 1
+            file = figures.cam_file_name(f"{joint_id}-{copy}")
+        used.add(file)
+        title = f"{joint_id}\n" + ", ".join(f"{r}: {'-' if np.isnan(v) else int(v)}" for r, v in rated.items())
+        png = cam.overlay_png(pixels[joint_id], maps[joint_id], title)
+        explained.append(cam.Explanation(joint_id, rated, file=file, png=png))
+    return explained
+
+
+def _images(registry: str, joint_ids: list[str], options: storage.StorageOptions) -> dict[str, bytes | None]:
+    """The encoded crops of a few joints: joint ids first, then images only from the files that hold them."""
+    wanted = pa.array(sorted(set(joint_ids)), pa.string())
+    fs, _ = storage.filesystem(registry, options)
+    found: dict[str, bytes | None] = {}
+    for file in storage.parquet_files(registry, options):
+        ids = storage.iter_file_batches(fs, file, ["joint_id"])
+        if not any(pc.any(pc.is_in(batch.column("joint_id"), wanted)).as_py() for _, batch in ids):
+            continue
+        for _, batch in storage.iter_file_batches(fs, file, ["joint_id", "image"], batch_size=256):
+            rows = batch.filter(pc.is_in(batch.column("joint_id"), wanted))
+            found |= dict(zip(rows.column("joint_id").to_pylist(), rows.column("image").to_pylist(), strict=True))
+        if len(found) == len(wanted):
+            break
+    return found
+
+
+def report(config: ReportConfig) -> ReportResult:
+    """Build the report in a staging folder and commit it to ``config.out`` (default ``<scores>/report``)."""
+    out = (config.out or posixpath.join(config.scores.rstrip("/"), "report")).rstrip("/")
+    parent, name = posixpath.split(out)
+    staging = runs.begin(parent, name, config.options)
+    built = build(config, staging)
+    manifest = {
+        "kind": "report",
+        "scores": config.scores,
+        "ratings": config.ratings,
+        "raters": built.raters,
+        "rows": {t.source + " / " + t.outcome: int(t.rows) for t in built.tables.accounting.itertuples()},
+        "config": dataclasses.asdict(config) | {"options": None},
+        "committed_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    runs.commit(parent, name, manifest, config.options)
+    return dataclasses.replace(built, out=out, html=f"{out}/report.html")

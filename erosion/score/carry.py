@@ -1,0 +1,94 @@
+"""Carrying scores over from an earlier run: a joint whose image and model are unchanged is not scored again.
+
+Every score row holds a ``fingerprint`` of its joint: 16 bytes of BLAKE2b over the joint_id and the encoded
+image. A nightly run made with the same model version as an earlier run looks each registry row's
+fingerprint up among that run's successfully scored rows; a match takes the earlier prediction (the model
+is deterministic, so scoring again would give the same) and skips decoding and the model. Rows that failed
+earlier are tried again: a fix of the decoder or of the registry then takes effect. A new model version
+carries nothing over.
+
+The lookup is a sorted array of the fingerprints' first 8 bytes (binary search, vectorised), their full
+16 bytes and their predictions (six probabilities and the CDF head's %): about 44 bytes a joint, shared through
+Ray's object store. Scores written before the CDF head have no % column: their % reads as NaN (stages head).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from erosion.core.domain import NUM_STAGES
+from erosion.core.schema import PREDICTION_WIDTH
+from erosion.io import storage
+
+SIZE = 16  # bytes of a fingerprint
+
+
+def fingerprints(joint_ids: list[str | None], images: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 16) uint8 fingerprints of (joint_id, image) and a mask of the rows that have one (both present)."""
+    prints = np.zeros((len(joint_ids), SIZE), dtype=np.uint8)
+    present = np.zeros(len(joint_ids), dtype=bool)
+    for i, (joint_id, image) in enumerate(zip(joint_ids, images, strict=True)):
+        if joint_id is not None and image is not None:
+            digest = hashlib.blake2b(joint_id.encode() + b"\0" + image, digest_size=SIZE).digest()
+            prints[i] = np.frombuffer(digest, dtype=np.uint8)
+            present[i] = True
+    return prints, present
+
+
+@dataclass(frozen=True)
+class Carry:
+    """The scored rows of an earlier run, searchable by fingerprint."""
+
+    keys: np.ndarray  # (M,) uint64, sorted: the fingerprints' first 8 bytes
+    prints: np.ndarray  # (M, 16) uint8, in the order of keys
+    predictions: np.ndarray  # (M, 7) float32, in the order of keys: P(stage 0..5) and the % (NaN: stages head)
+
+    @classmethod
+    def of(cls, prints: np.ndarray, predictions: np.ndarray) -> Carry:
+        """The lookup of these fingerprints and their predictions."""
+        keys = _keys(prints)
+        order = np.argsort(keys, kind="stable")
+        return cls(keys[order], prints[order], predictions[order])
+
+    def find(self, prints: np.ndarray) -> np.ndarray:
+        """For each fingerprint, the index of its earlier row, or -1 where the joint or its image is new."""
+        if not len(self.keys) or not len(prints):
+            return np.full(len(prints), -1)
+        position = np.minimum(np.searchsorted(self.keys, _keys(prints)), len(self.keys) - 1)
+        same = (self.prints[position] == prints).all(axis=1)
+        return np.where(same, position, -1)
+
+
+def load(scores: str, options: storage.StorageOptions | None = None) -> Carry:
+    """The lookup of a committed run's successfully scored rows (its ``scores/`` table)."""
+    with_pct = all("erosion_pct_pred" in meta.schema.names for meta in storage.footers(scores, options).values())
+    columns = ["fingerprint", "probs", "error"] + (["erosion_pct_pred"] if with_pct else [])
+    prints, predictions = [], []
+    for _, _, batch in storage.iter_batches(scores, columns, 65_536, options):
+        keep = pc.and_(pc.is_null(batch["error"]), pc.is_valid(batch["fingerprint"]))
+        batch = batch.filter(keep)
+        prints.append(fixed_binary_view(batch["fingerprint"], SIZE))
+        rows = np.full((batch.num_rows, PREDICTION_WIDTH), np.nan, np.float32)
+        rows[:, :NUM_STAGES] = batch["probs"].flatten().to_numpy().reshape(-1, NUM_STAGES)
+        if with_pct:
+            rows[:, NUM_STAGES] = batch["erosion_pct_pred"].to_numpy(zero_copy_only=False)
+        predictions.append(rows)
+    if not prints:
+        return Carry.of(np.zeros((0, SIZE), np.uint8), np.zeros((0, PREDICTION_WIDTH), np.float32))
+    return Carry.of(np.concatenate(prints), np.concatenate(predictions))
+
+
+def fixed_binary_view(column: pa.ChunkedArray | pa.Array, width: int) -> np.ndarray:
+    """(N, width) uint8 view of a fixed-size binary column (nulls read as whatever bytes they hold)."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    data = np.frombuffer(array.buffers()[1], dtype=np.uint8)
+    return data[array.offset * width : (array.offset + len(array)) * width].reshape(-1, width)
+
+
+def _keys(prints: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(prints[:, :8]).view("<u8").ravel()

@@ -1,0 +1,80 @@
+"""Scoring's decode step: check each registry row, letterbox its crop, hand the pixels on as fixed-size binary.
+
+Runs in Ray Data CPU tasks, so it imports neither torch nor Ray: a decode worker stays small (importing torch
+alone costs about 480 MB of resident memory per process). A row that cannot be scored gets an ``error``
+("<reason>: <detail>") instead of an exception, so that every row goes on to the output.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+
+from erosion.core import domain, schema
+from erosion.core.schema import PREDICTION_WIDTH
+from erosion.registry.preprocess import letterbox
+from erosion.score.carry import SIZE, Carry, fingerprints, fixed_binary_view
+
+
+def decode_batch(batch: pa.Table, size: int, crash_once: str | None = None, carry: Carry | None = None) -> pa.Table:
+    """The batch's key columns, ``pixels`` (fixed-size binary of size * size uint8), ``error``, ``fingerprint``
+    and ``carried`` (an earlier run's predictions where ``carry`` knows the fingerprint, else null).
+
+    A carried row is not decoded. ``crash_once`` is for tests: a marker file; the first task to find it
+    missing creates it and its worker dies, as a worker lost mid-task would.
+    """
+    if crash_once and not os.path.exists(crash_once):
+        open(crash_once, "w").close()
+        os._exit(1)
+    keys = [batch[k].to_pylist() for k in ("joint_id", "patient_id", "visit_date", "body_part", "joint")]
+    images = batch["image"].to_pylist()
+    prints, present = fingerprints(keys[0], images)
+    found = carry.find(prints) if carry is not None else np.full(batch.num_rows, -1)
+    pixels = np.zeros((batch.num_rows, size, size), dtype=np.uint8)
+    errors: list[str | None] = []
+    for i, data in enumerate(images):
+        error = row_problem(*(column[i] for column in keys))
+        if error is None and found[i] < 0:
+            try:
+                pixels[i] = letterbox(data or b"", size)
+            except ValueError as problem:
+                error = str(problem)
+        errors.append(error)
+    carried = np.zeros((batch.num_rows, PREDICTION_WIDTH), dtype=np.float32)
+    is_carried = (found >= 0) & np.array([e is None for e in errors], dtype=bool)
+    if is_carried.any():
+        carried[is_carried] = carry.predictions[found[is_carried]]
+    return (
+        batch.select(schema.KEYS)
+        .append_column("pixels", _fixed_binary(pixels, size * size))
+        .append_column("error", pa.array(errors, pa.string()))
+        .append_column("fingerprint", _fixed_binary(prints, SIZE, mask=~present))
+        .append_column(
+            "carried",
+            pa.FixedSizeListArray.from_arrays(pa.array(carried.ravel()), PREDICTION_WIDTH, mask=pa.array(~is_carried)),
+        )
+    )
+
+
+def _fixed_binary(values: np.ndarray, width: int, mask: np.ndarray | None = None) -> pa.Array:
+    validity = None if mask is None else pa.array(~mask).buffers()[1]
+    count = 0 if mask is None else int(mask.sum())
+    return pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(width), len(values), [validity, pa.py_buffer(values)], null_count=count
+    )
+
+
+def row_problem(joint_id, patient_id, visit_date, body_part, joint) -> str | None:
+    """Why a registry row cannot be scored whatever its image, as "<reason>: <detail>"; None when it can."""
+    for name, value in (("joint_id", joint_id), ("patient_id", patient_id), ("visit_date", visit_date)):
+        if value is None:
+            return f"missing key: {name} is null"
+    problem = domain.joint_problem(body_part, joint)
+    return None if problem is None else f"invalid joint: {problem}"
+
+
+def pixel_view(column: pa.ChunkedArray | pa.Array, size: int) -> np.ndarray:
+    """(N, size, size) uint8 view of a fixed-size binary column of pixels, without copying where possible."""
+    return fixed_binary_view(column, size * size).reshape(-1, size, size)

@@ -1,0 +1,275 @@
+"""Score a whole registry with a trained model on Ray Data; every registry row comes out exactly once.
+
+The pipeline streams: read the registry's Parquet (local or ``s3://``, the key columns and the image) ->
+check and decode each crop in CPU tasks (``preprocess.letterbox``, the function training used), pixels as
+fixed-size binary so that no per-row Python touches them again -> a pool of model actors (``map_batches``
+with a callable class and ``ActorPoolStrategy``, the model loaded once per actor, on a GPU when the actor has
+one) -> Parquet in the scores contract (``schema.SCORES``). A row whose crop cannot be scored (an unknown
+joint, a missing key, an empty, corrupt, truncated or unsupported image) keeps its keys and gets an ``error``
+(``erosion.score.decoding``, which keeps torch out of the decode workers).
+
+The scores go to the run's staging folder (``runs.begin``). The driver then counts the rows written against
+the registry's (from the Parquet footers), streams the scores' compact columns once for the per-visit Rau
+scores and the error counts, and commits the run with its manifest (``runs.commit``). A run that fails or is
+killed commits nothing; a row count that does not add up fails the run.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime
+import platform
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+import torch
+
+from erosion.core import domain, rau, schema
+from erosion.io import datasets, runs, storage
+from erosion.model import augment, checkpoint
+from erosion.model.network import predict
+from erosion.score import carry, decoding, tasks
+
+EXAMPLES = 20  # failed rows named in the result (all of them are in the scores)
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """One scoring run."""
+
+    registry: str  # the registry table (local folder or s3:// URL)
+    model: str  # a checkpoint folder or a training run's folder (erosion train's <out>/<name>)
+    out: str  # runs are committed to <out>/<run_id>/
+    run_id: str = ""  # default: the start time, UTC, e.g. 20261123T020000Z
+    batch_size: int = 256  # crops per model call
+    actors: int = 1  # model actors
+    gpus_per_actor: float = 0.0  # > 0: each actor scores on a GPU (bf16 autocast, channels-last)
+    cpus_per_actor: float = 0.5  # on a small machine, leave CPUs for the read and decode tasks
+    decode_rows: int = 512  # crops per decode task batch: small blocks stream evenly to the actors
+    options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
+    crash_decode_once: str | None = None  # for tests: a marker file; the first decode task to miss it dies once
+    carry_from: str = ""  # an earlier committed run: its scores of unchanged joints are carried over (same model)
+    tta: int = 0  # > 0: the mean probabilities over this many fixed augmented views of each crop (seeded)
+    tta_seed: int = 0
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """What a committed run holds and how it went."""
+
+    run: str  # <out>/<run_id>
+    run_id: str
+    model_version: str
+    rows: int  # registry rows = score rows
+    scored: int
+    failed: int
+    errors: dict[str, int]  # failed rows by reason
+    examples: list[tuple[str, str]]  # (joint_id, error) of the first failed rows
+    visits: int  # rows of the Rau table
+    seconds: float
+    carried: int = 0  # rows whose score was carried over from config.carry_from, not scored again
+    manifest: dict = field(default_factory=dict)  # what the run's manifest.json says
+
+    @property
+    def crops_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+
+def score(config: ScoreConfig) -> ScoreResult:
+    """Score the registry, write scores and Rau scores, commit the run; Ray must be initialised."""
+    run_id = config.run_id or datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    staging = runs.begin(config.out, run_id, config.options)
+    result = score_into(config, run_id, staging)
+    run = runs.commit(config.out, run_id, result.manifest, config.options)
+    return dataclasses.replace(result, run=run)
+
+
+def score_into(config: ScoreConfig, run_id: str, staging: str) -> ScoreResult:
+    """Score the registry into ``<staging>/scores`` and ``<staging>/rau``; the caller commits the run."""
+    began = time.monotonic()
+    inputs = _check_registry(config.registry, config.options)
+    card = checkpoint.read_card(config.model, config.options)
+    carry, carried_from = _carry(config, card.model_version)
+
+    expected = sum(inputs.values())
+    scores = pipeline(config, run_id, card.preprocess["input_size"], carry)
+    fs, path = storage.arrow_filesystem(f"{staging}/scores", config.options)
+    scores.write_parquet(path, filesystem=fs)
+
+    written = sum(storage.row_counts(f"{staging}/scores", config.options).values()) if expected else 0
+    if written != expected:
+        raise RuntimeError(f"run {run_id}: {written} score rows for {expected} registry rows; not committed.")
+    visits, errors, examples, carried = _summarise(f"{staging}/scores", run_id, config.options)
+    with storage.TableWriter(f"{staging}/rau", rau.SCHEMA, options=config.options) as writer:
+        writer.write(visits)
+    failed = sum(errors.values())
+    seconds = time.monotonic() - began
+    manifest = {
+        "run_id": run_id,
+        "kind": "score",
+        "model": config.model,
+        "model_version": card.model_version,
+        "model_epoch": card.epoch,
+        "registry": config.registry,
+        "input_files": inputs,
+        "rows": expected,
+        "scored": expected - failed,
+        "failed": failed,
+        "carried": carried,
+        "carried_from": carried_from,
+        "errors": errors,
+        "visits": visits.num_rows,
+        "outputs": {"scores": "scores/", "rau": "rau/"},
+        "config": dataclasses.asdict(config) | {"run_id": run_id, "crash_decode_once": None},
+        "committed_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 3),
+        "versions": _versions(),
+    }
+    return ScoreResult(
+        run=staging,
+        run_id=run_id,
+        model_version=card.model_version,
+        rows=expected,
+        scored=expected - failed,
+        failed=failed,
+        errors=errors,
+        examples=examples,
+        visits=visits.num_rows,
+        seconds=seconds,
+        carried=carried,
+        manifest=manifest,
+    )
+
+
+def pipeline(config: ScoreConfig, run_id: str, input_size: int, carry: ray.ObjectRef | None = None) -> ray.data.Dataset:
+    """The lazy Ray Data plan: registry -> checked, decoded crops -> model actors -> rows of ``schema.SCORES``."""
+    rows = datasets.read(config.registry, [*schema.KEYS, "image"], config.options)
+    crops = tasks.scoring_crops(rows, input_size, config.decode_rows, config.crash_decode_once, carry)
+    return model_scores(crops, config, run_id)
+
+
+def model_scores(crops: ray.data.Dataset, config: ScoreConfig, run_id: str) -> ray.data.Dataset:
+    """Decoded crops through a pool of model actors: rows of ``schema.SCORES``."""
+    return crops.map_batches(
+        Scorer,
+        fn_constructor_kwargs={
+            "model": config.model,
+            "run_id": run_id,
+            "device": "cuda" if config.gpus_per_actor > 0 else "cpu",
+            "options": config.options,
+            "views": augment.views(config.tta, seed=config.tta_seed) if config.tta else None,
+        },
+        batch_size=config.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=config.actors, max_size=config.actors),
+        num_gpus=config.gpus_per_actor,
+        num_cpus=config.cpus_per_actor,
+    )
+
+
+class Scorer:
+    """A model actor: loads the checkpoint once, then turns batches of decoded crops into score rows."""
+
+    def __init__(
+        self,
+        model: str,
+        run_id: str,
+        device: str,
+        options: storage.StorageOptions,
+        views: torch.Tensor | None = None,
+    ) -> None:
+        self.model, card = checkpoint.load(model, device, options)
+        self.views = views
+        if device == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.size = card.preprocess["input_size"]
+        self.run_id, self.version = run_id, card.model_version
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        carried = pc.is_valid(batch["carried"]).to_numpy(zero_copy_only=False)
+        ok = pc.is_null(batch["error"]).to_numpy(zero_copy_only=False) & ~carried
+        predictions = np.full((batch.num_rows, schema.PREDICTION_WIDTH), np.nan, dtype=np.float32)
+        if ok.any():
+            predictions[ok] = predict(self.model, decoding.pixel_view(batch["pixels"], self.size)[ok], self.views)
+        if carried.any():
+            flat = batch["carried"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            predictions[carried] = flat.reshape(-1, schema.PREDICTION_WIDTH)
+        return score_rows(batch, predictions, self.run_id, self.version)
+
+
+def score_rows(batch: pa.Table, predictions: np.ndarray, run_id: str, model_version: str) -> pa.Table:
+    """Rows of ``schema.SCORES`` from a batch's keys and errors and the model's (N, 7) predictions."""
+    failed = pc.is_valid(batch["error"])
+    mask = failed.to_numpy(zero_copy_only=False)
+    n = batch.num_rows
+    probs = np.nan_to_num(predictions[:, : domain.NUM_STAGES])  # a failed row's are masked
+    pct = predictions[:, domain.NUM_STAGES]
+    no_pct = mask | np.isnan(pct)
+    stage_of_pct = domain.ratingen_stage(np.clip(np.where(no_pct, 0.0, pct), 0.0, 100.0))
+    columns = [batch[k] for k in schema.KEYS] + [
+        pa.array([run_id] * n, pa.string()),
+        pa.array([model_version] * n, pa.string()),
+        pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), domain.NUM_STAGES, mask=pa.array(mask)),
+        pa.array(probs.argmax(1).astype(np.int8), mask=mask),
+        pa.array((probs @ np.arange(domain.NUM_STAGES, dtype=np.float32)).astype(np.float32), mask=mask),
+        pa.array(pct.astype(np.float32), mask=no_pct),
+        pa.array(np.asarray(stage_of_pct, dtype=np.int8), mask=no_pct),
+        batch["error"],
+        batch["fingerprint"],
+        pc.is_valid(batch["carried"]),
+    ]
+    return pa.Table.from_arrays(columns, schema=schema.SCORES)
+
+
+def _check_registry(url: str, options: storage.StorageOptions) -> dict[str, int]:
+    """Rows per registry file; ValueError naming every file whose schema is not the registry contract's."""
+    metadata = storage.footers(url, options)
+    problems = [
+        f"{file}: {reason}"
+        for file, meta in metadata.items()
+        for _, reason in schema.schema_problems(meta.schema.to_arrow_schema(), schema.REGISTRY)
+    ]
+    if problems:
+        raise ValueError("the registry does not match the contract, nothing was scored:\n  " + "\n  ".join(problems))
+    return {file: meta.num_rows for file, meta in metadata.items()}
+
+
+def _carry(config: ScoreConfig, model_version: str) -> tuple[ray.ObjectRef | None, str | None]:
+    """The earlier run's lookup in the object store, and its run id; (None, None) where nothing can be carried."""
+    if not config.carry_from:
+        return None, None
+    earlier = runs.manifest(config.carry_from, config.options)
+    settings = earlier.get("config", {})
+    same_tta = (settings.get("tta", 0), settings.get("tta_seed", 0)) == (config.tta, config.tta_seed)
+    if earlier["model_version"] != model_version or not same_tta:
+        return None, None  # a new model (or other test-time views) scores everything anew
+    return ray.put(carry.load(f"{config.carry_from.rstrip('/')}/scores", config.options)), earlier["run_id"]
+
+
+def _summarise(scores: str, run_id: str, options: storage.StorageOptions) -> tuple[pa.Table, dict[str, int], list, int]:
+    """One pass over the written scores: the Rau table, failed rows by reason, the first failed rows, carried rows."""
+    partials, errors, examples, carried = [], collections.Counter(), [], 0
+    for _, _, batch in storage.iter_batches(scores, [*rau.COLUMNS, "joint_id", "carried"], 65_536, options):
+        table = pa.Table.from_batches([batch])
+        carried += pc.sum(table["carried"]).as_py() or 0
+        partials.append(rau.partial(table))
+        failed = table.filter(pc.is_valid(table["error"]))
+        for joint_id, error in zip(failed["joint_id"].to_pylist(), failed["error"].to_pylist(), strict=True):
+            errors[error.split(":", 1)[0]] += 1
+            if len(examples) < EXAMPLES:
+                examples.append((joint_id, error))
+    return rau.combine(partials, run_id), dict(errors), examples, carried
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+        "torch": torch.__version__,
+        "pyarrow": pa.__version__,
+    }

@@ -1,0 +1,43 @@
+"""Scoring's decode step as Ray Data CPU tasks: ``decoding.decode_batch`` with an earlier run's lookup.
+
+The workers import neither torch nor the model (see ``decoding``); the carry-over lookup is fetched from the
+object store once per worker process.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pyarrow as pa
+import ray
+
+from erosion.io.datasets import TASK_CPUS
+from erosion.score import decoding
+
+
+def scoring_crops(
+    rows: ray.data.Dataset,
+    input_size: int,
+    batch_rows: int = 512,
+    crash_once: str | None = None,
+    carry: ray.ObjectRef | None = None,
+) -> ray.data.Dataset:
+    """Scoring's decode step in CPU tasks (``decoding.decode_batch``; no torch in these workers): keys,
+    ``pixels``, ``error``, ``fingerprint`` and ``carried`` (an earlier run's scores, from ``carry``'s lookup)."""
+    return rows.map_batches(
+        _scoring_decode,
+        fn_kwargs={"size": input_size, "crash_once": crash_once, "carry": carry},
+        batch_size=batch_rows,
+        batch_format="pyarrow",
+        num_cpus=TASK_CPUS,
+    )
+
+
+def _scoring_decode(batch: pa.Table, size: int, crash_once: str | None, carry: ray.ObjectRef | None) -> pa.Table:
+    return decoding.decode_batch(batch, size, crash_once, None if carry is None else _lookup(carry))
+
+
+@functools.lru_cache(maxsize=1)
+def _lookup(carry: ray.ObjectRef):
+    """An earlier run's lookup, fetched once per worker process and run (zero-copy from the object store)."""
+    return ray.get(carry)

@@ -1,0 +1,88 @@
+"""How a trained model does on one split, against a rater's stages and, for a synthetic registry, the truth.
+
+A plain process (no Ray): the split's crops stream file by file through the shared pre-processing and the
+model (optionally with test-time augmentation); only (joint_id, predicted stage, predicted %) are kept. Each
+reference is a ratings table (one rater's rows) or a truth table (``erosion synth`` writes ``truth/``, the stages
+and % the crops were drawn with). Both sides are frames indexed by joint_id with a ``stage`` and a ``pct``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from erosion.core import agreement
+from erosion.core.domain import NUM_STAGES
+from erosion.core.schema import PREDICTION_WIDTH
+from erosion.core.split import split_of
+from erosion.io import storage
+from erosion.io.ratings import rater_stages
+from erosion.model import checkpoint
+from erosion.model.network import predict
+from erosion.registry.preprocess import letterbox_batch
+
+
+def predict_split(
+    model_url: str,
+    registry: str,
+    split: str,
+    split_seed: int = 0,
+    options: storage.StorageOptions | None = None,
+    views: torch.Tensor | None = None,
+) -> pd.DataFrame:
+    """The model's ``stage`` and ``pct`` (NaN for the stages head) for every decodable joint of a split, by joint_id.
+
+    ``views``: test-time augmentation, as in scoring (``augment.views``).
+    """
+    model, card = checkpoint.load(model_url, options=options)
+    ids, predictions = [], []
+    for _, _, batch in storage.iter_batches(registry, ["joint_id", "patient_id", "image"], 256, options):
+        keep = pc.equal(pa.array([split_of(p, split_seed) for p in batch["patient_id"].to_pylist()]), split)
+        batch = batch.filter(keep)
+        pixels, errors = letterbox_batch(batch["image"].to_pylist(), card.model.input_size)
+        ok = np.array([e is None for e in errors], dtype=bool)
+        ids += [j for j, good in zip(batch["joint_id"].to_pylist(), ok, strict=True) if good]
+        predictions.append(predict(model, pixels[ok], views))
+    rows = np.concatenate(predictions) if predictions else np.zeros((0, PREDICTION_WIDTH), np.float32)
+    return pd.DataFrame(
+        {"stage": rows[:, :NUM_STAGES].argmax(1).astype(np.int64), "pct": rows[:, NUM_STAGES].astype(np.float64)},
+        index=pd.Index(ids, name="joint_id"),
+    )
+
+
+def compare(predicted: pd.DataFrame, reference: pd.DataFrame) -> tuple[dict, np.ndarray]:
+    """The model against a reference on the joints both have: table columns (n, the three accuracies and quadratic
+    kappa with 95 % intervals, ``pct_mae``: the mean absolute error of the predicted %, NaN without one) and
+    the confusion matrix (rows: the reference's stages)."""
+    common = predicted.index.intersection(reference.index)
+    both = np.column_stack([reference.loc[common, "stage"], predicted.loc[common, "stage"]]).astype(np.int64)
+    error = (predicted.loc[common, "pct"] - reference.loc[common, "pct"]).abs().dropna()
+    confusion = agreement.confusion_matrix(*both.T)
+    columns = {"n": len(common)} | agreement.pair_statistics(confusion)
+    columns["pct_mae"] = float(error.mean()) if len(error) else np.nan
+    return columns, confusion
+
+
+def rater_reference(ratings: str, rater: str, options: storage.StorageOptions | None = None) -> pd.DataFrame:
+    """One rater's ``stage`` and ``pct`` by joint_id (``pct``: the stage's midpoint where only a stage was given)."""
+    table = rater_stages(ratings, rater, options).to_pandas().drop_duplicates("joint_id", keep="last")
+    frame = table.set_index("joint_id").rename(columns={"label": "stage"})
+    return frame.astype({"stage": np.int64, "pct": np.float64})
+
+
+def truth_reference(truth: str, options: storage.StorageOptions | None = None) -> pd.DataFrame:
+    """The true ``stage`` and ``pct`` by joint_id, from a synthetic registry's truth table."""
+    table = storage.read_table(truth, ["joint_id", "ratingen", "erosion_pct"], options).to_pandas()
+    frame = table.set_index("joint_id").rename(columns={"ratingen": "stage", "erosion_pct": "pct"})
+    return frame.astype({"stage": np.int64, "pct": np.float64})
+
+
+def raters(ratings: str, options: storage.StorageOptions | None = None) -> list[str]:
+    """Every rater of a ratings table, in order of appearance (reads only the rater column)."""
+    names: dict[str, None] = {}
+    for _, _, batch in storage.iter_batches(ratings, ["rater"], 65_536, options):
+        names |= dict.fromkeys(pc.unique(batch["rater"]).to_pylist())
+    return list(names)

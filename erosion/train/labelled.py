@@ -1,0 +1,100 @@
+"""Ray Data views of the labelled, decoded splits that training streams.
+
+A labelled split is built lazily, and every epoch streams it anew: read the registry's key columns and
+images -> keep the rows of the split's patients -> add one rater's stage (rows the rater did not score
+are left out) -> decode and letterbox in CPU tasks. The rater's stages (keys and one byte a joint, never
+images) are read once by the driver and shared through the object store; each worker process indexes them
+once. The images never gather in one process.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import ray
+
+from erosion.core.split import split_of
+from erosion.io import storage
+from erosion.io.datasets import TASK_CPUS, read
+from erosion.io.ratings import rater_stages
+from erosion.registry.preprocess import letterbox_batch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """Which registry, whose labels and which split: the data side of a training run."""
+
+    registry: str
+    ratings: str
+    rater: str = "registry"
+    split_seed: int = 0
+    options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
+
+
+def labelled_split(labels: LabelSet, split: str, columns: tuple[str, ...] = ("joint_id", "image")) -> ray.data.Dataset:
+    """The registry rows of one split that the rater scored: ``columns`` plus ``label`` (the stage, int8) and
+    ``pct`` (the % eroded, float32; see ``ratings.rater_stages``)."""
+    rows = read(labels.registry, sorted({"joint_id", "patient_id", *columns}), labels.options)
+    return rows.map_batches(
+        _label_split,
+        fn_kwargs={
+            "split": split,
+            "seed": labels.split_seed,
+            "stages": ray.put(rater_stages(labels.ratings, labels.rater, labels.options)),
+            "columns": columns,
+        },
+        batch_format="pyarrow",
+        num_cpus=TASK_CPUS,
+    )
+
+
+def decoded(rows: ray.data.Dataset, input_size: int) -> ray.data.Dataset:
+    """Letterboxed uint8 ``pixels`` (N, S, S), int64 ``label`` and float32 ``pct``; a crop that fails to decode is
+    logged and left out."""
+    return rows.map_batches(_decode, fn_kwargs={"size": input_size}, batch_format="pyarrow", num_cpus=TASK_CPUS)
+
+
+def split_labels(labels: LabelSet, split: str) -> np.ndarray:
+    """Every stage of a split's labelled rows (one byte a joint, no images), streamed to the driver."""
+    rows = labelled_split(labels, split, columns=("joint_id",))
+    parts = [batch["label"].to_numpy() for batch in rows.iter_batches(batch_format="pyarrow", batch_size=None)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int8)
+
+
+def _label_split(batch: pa.Table, split: str, seed: int, stages: ray.ObjectRef, columns: tuple[str, ...]) -> pa.Table:
+    splits = {p: split_of(p, seed) for p in set(batch["patient_id"].to_pylist())}
+    batch = batch.filter(pa.array([splits[p] == split for p in batch["patient_id"].to_pylist()], pa.bool_()))
+    index, labels, pct = _stage_index(stages)
+    position = index.get_indexer(batch["joint_id"].to_numpy(zero_copy_only=False))
+    rated = position >= 0
+    rows = batch.select(list(columns)).filter(pa.array(rated))
+    return rows.append_column("label", pa.array(labels[position[rated]])).append_column(
+        "pct", pa.array(pct[position[rated]])
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _stage_index(stages: ray.ObjectRef) -> tuple[pd.Index, np.ndarray, np.ndarray]:
+    """A hash index of the rater's stages and %, built once per worker process and run (the last duplicate wins)."""
+    table = ray.get(stages)
+    index = pd.Index(table["joint_id"].to_numpy(zero_copy_only=False), dtype=object)
+    unique = ~index.duplicated(keep="last")
+    labels = table["label"].to_numpy()[unique].astype(np.int8)
+    return index[unique], labels, table["pct"].to_numpy()[unique].astype(np.float32)
+
+
+def _decode(batch: pa.Table, size: int) -> dict[str, np.ndarray]:
+    pixels, errors = letterbox_batch(batch["image"].to_pylist(), size)
+    ok = np.array([e is None for e in errors], dtype=bool)
+    for joint_id, error in zip(batch["joint_id"].to_pylist(), errors, strict=True):
+        if error is not None:
+            log.warning("left out of training: %s: %s", joint_id, error)
+    labels = batch["label"].to_numpy().astype(np.int64)[ok]
+    return {"pixels": pixels[ok], "label": labels, "pct": batch["pct"].to_numpy().astype(np.float32)[ok]}

@@ -1,0 +1,357 @@
+"""Data-parallel training of the CNN on Ray Train, with per-epoch metrics, checkpoints and resumption.
+
+The driver counts the training split's stages (for the class weights) and hands two lazy Ray Data
+datasets to a ``TorchTrainer``: the training split, sharded across the workers, and the validation split,
+which rank 0 evaluates whole after every epoch (so every validation row counts exactly once). Each worker
+streams its shard as uint8 batches, scales and augments them on its device, and steps Adam on the weighted
+cross-entropy; DDP averages the gradients. After every epoch rank 0 reports the metrics with a checkpoint
+(weights, optimizer, card with the whole history); Ray Train keeps the best by validation balanced accuracy
+and the latest. A worker that dies is replaced and the run goes on from the latest checkpoint; the same
+command with the same run name resumes a stopped run. When the run ends, the best checkpoint, with the full
+history on its card, is published as ``<out>/<name>/model``: that folder is what scoring loads.
+
+Transfer learning (``model.arch == "vgg16"``, the paper's second model) trains in two phases: for the first
+``frozen_epochs`` the convolutional ``features`` are frozen (no gradients, not in the optimizer) and Adam at
+``frozen_lr`` trains the classifier; then every layer trains, with a fresh Adam at ``finetune_lr``. The phase
+of an epoch follows from its number, so a resumed run picks up the phase it stopped in; every epoch's metrics
+say which phase it trained in and at which learning rate.
+
+The CDF head (``model.head == "cdf"``, the thesis's regression) trains the same way on the rater's % eroded
+surface instead of the stage, with the CRPS (:mod:`erosion.model.cdf`) weighted by the class weight of the rating's
+stage; its validation metrics add the mean absolute error of the predicted %.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+from torch import nn
+
+from erosion.core import agreement, domain
+from erosion.io import storage
+from erosion.model import cdf, checkpoint
+from erosion.model.augment import AugmentConfig
+from erosion.model.network import ModelConfig, build_model, file_sha256, load_pretrained, stage_logits
+from erosion.train import labelled, step
+
+SCORE = "val_balanced_accuracy"  # the metric that picks the best checkpoint
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run; the defaults are the paper's (Adam 1e-3, batch 128, weighted loss, its augmentation)."""
+
+    data: labelled.LabelSet
+    out: str  # runs live under <out>/<name>: Ray Train's checkpoints and the published model/
+    name: str = "erosion"  # the same name and out resume a run
+    epochs: int = 10
+    workers: int = 2
+    gpus_per_worker: float = 0.0  # > 0 trains on GPUs (bf16 autocast, channels-last)
+    cpus_per_worker: float = 0.5  # leave CPUs for Ray Data's read and decode tasks
+    batch_size: int = 128  # per worker
+    learning_rate: float = 1e-3  # the CNN's
+    weighted_loss: bool = True  # balanced class weights of the training split; False: plain (unweighted) loss
+    seed: int = 0
+    shuffle_buffer: int = 1024  # rows each worker shuffles locally (blocks are also read in random order)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    pretrained: str | None = None  # vgg16: a local torchvision vgg16 state_dict (ImageNet); None: random weights
+    frozen_epochs: int = 25  # vgg16: the first epochs train the classifier only, on frozen features
+    frozen_lr: float = 1e-4  # vgg16: Adam's learning rate while the features are frozen
+    finetune_lr: float = 1e-5  # vgg16: Adam's learning rate once every layer trains
+    max_failures: int = 2  # worker failures the run survives
+    fail_at_epoch: int | None = None  # for tests: the last worker dies once, in the first batch of this epoch
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where the run lives and what it chose."""
+
+    run: str  # <out>/<name>
+    model: str  # <out>/<name>/model, the best checkpoint
+    card: checkpoint.ModelCard  # of the best checkpoint, with the whole history
+
+    @property
+    def best(self) -> dict:
+        return self.card.history[self.card.epoch]
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Run (or resume) a training run on the connected Ray cluster and publish its best model."""
+    _check(config)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # one progress line per epoch instead
+    train_labels = labelled.split_labels(config.data, "train")
+    if train_labels.size == 0 or labelled.split_labels(config.data, "val").size == 0:
+        raise ValueError(f"the training and validation splits need rated joints of rater {config.data.rater!r}.")
+    weights = domain.balanced_class_weights(train_labels).tolist() if config.weighted_loss else None
+    trainer = ray.train.torch.TorchTrainer(
+        _train_worker,
+        train_loop_config={"config": config, "class_weights": weights, "pretrained": pretrained_weights(config)},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.workers,
+            use_gpu=config.gpus_per_worker > 0,
+            resources_per_worker={"CPU": config.cpus_per_worker} | _gpus(config),
+        ),
+        run_config=ray.train.RunConfig(name=config.name, **_storage(config), **_policies(config)),
+        datasets={split: _split(config, split) for split in ("train", "val")},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+    return _publish(config, result.get_best_checkpoint(SCORE, "max"), result.checkpoint)
+
+
+def _check(config: TrainConfig) -> None:
+    if config.epochs < 1 or config.workers < 1 or config.batch_size < 1:
+        raise ValueError("epochs, workers and batch size must be at least 1.")
+    if config.fail_at_epoch is not None and not 1 <= config.fail_at_epoch < config.epochs:
+        raise ValueError("fail_at_epoch must come after a first checkpoint: 1 <= fail_at_epoch < epochs.")
+    if config.pretrained and config.model.arch != "vgg16":
+        raise ValueError(f"pretrained weights are for arch 'vgg16', got arch {config.model.arch!r}.")
+    if config.model.arch == "vgg16" and config.frozen_epochs < 0:
+        raise ValueError(f"frozen_epochs must be at least 0, got {config.frozen_epochs}.")
+
+
+def pretrained_weights(config: TrainConfig) -> dict | None:
+    """The file and SHA-256 of the weights a vgg16 run starts from, checked before any worker starts; None: random.
+
+    Says so (a warning) when vgg16 starts from random weights, and when it would never leave the frozen phase.
+    """
+    if config.model.arch != "vgg16":
+        return None
+    if config.frozen_epochs >= config.epochs:
+        log.warning(
+            "vgg16: all %d epochs train on frozen features (frozen_epochs %d)", config.epochs, config.frozen_epochs
+        )
+    if not config.pretrained:
+        log.warning("vgg16 starts from random weights: no pretrained weights file given (nothing is downloaded)")
+        return None
+    if "://" in config.pretrained or not os.path.isfile(config.pretrained):
+        raise FileNotFoundError(f"pretrained weights must be a local file, got {config.pretrained!r}.")
+    return {"file": os.path.abspath(config.pretrained), "sha256": file_sha256(config.pretrained)}
+
+
+def phase(config: TrainConfig, epoch: int) -> tuple[bool, float]:
+    """Whether ``epoch`` (0-based) trains on frozen features, and its learning rate."""
+    if config.model.arch == "cnn":
+        return False, config.learning_rate
+    if epoch < config.frozen_epochs:
+        return True, config.frozen_lr
+    return False, config.finetune_lr
+
+
+def _gpus(config: TrainConfig) -> dict:
+    return {"GPU": config.gpus_per_worker} if config.gpus_per_worker > 0 else {}
+
+
+def _storage(config: TrainConfig) -> dict:
+    if config.out.startswith("s3://"):
+        fs, path = storage.arrow_filesystem(config.out, config.data.options)
+        return {"storage_path": path, "storage_filesystem": fs}
+    return {"storage_path": os.path.abspath(config.out)}
+
+
+def _policies(config: TrainConfig) -> dict:
+    return {
+        "failure_config": ray.train.FailureConfig(max_failures=config.max_failures),
+        "checkpoint_config": ray.train.CheckpointConfig(
+            num_to_keep=1, checkpoint_score_attribute=SCORE, checkpoint_score_order="max"
+        ),  # Ray Train keeps the latest checkpoint beside the best one
+    }
+
+
+def _split(config: TrainConfig, split: str) -> ray.data.Dataset:
+    rows = labelled.labelled_split(config.data, split)
+    if split == "train":
+        rows = rows.randomize_block_order(seed=config.seed)
+    return labelled.decoded(rows, config.model.input_size)
+
+
+def _publish(config: TrainConfig, best: ray.train.Checkpoint, latest: ray.train.Checkpoint) -> TrainResult:
+    run = f"{config.out.rstrip('/')}/{config.name}"
+    with latest.as_directory() as directory:
+        history = checkpoint.read_card(directory).history
+    with best.as_directory() as directory:
+        model, card = checkpoint.load(directory)
+    card.history = history
+    checkpoint.write(f"{run}/model", model, card, options=config.data.options)
+    return TrainResult(run=run, model=f"{run}/model", card=card)
+
+
+def _train_worker(loop_config: dict) -> None:
+    """Ray Train's per-worker loop: resume, then train, evaluate (rank 0) and report each remaining epoch."""
+    config: TrainConfig = loop_config["config"]
+    for name in ("ray.data", "ray.train"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    on_gpu = device.type == "cuda"
+    torch.manual_seed(config.seed)
+    net = build_model(config.model)
+    history: list[dict] = []
+    pretrained = loop_config["pretrained"]
+    resumed = ray.train.get_checkpoint()
+    if resumed:
+        with resumed.as_directory() as directory:
+            net, card = checkpoint.load(directory)
+            optimizer_state = checkpoint.load_optimizer_state(directory)
+            history, pretrained = card.history, card.pretrained
+    elif pretrained:
+        if load_pretrained(net, pretrained["file"]) != pretrained["sha256"]:
+            raise ValueError(f"{pretrained['file']} on this worker is not the file the driver checked.")
+    if on_gpu:
+        net = net.to(memory_format=torch.channels_last)
+    weights = loop_config["class_weights"]
+    class_weights = torch.tensor(weights, device=device) if weights else torch.ones(domain.NUM_STAGES, device=device)
+    generator = torch.Generator(device=device)
+    start = len(history)
+    current = False
+    for epoch in range(start, config.epochs):
+        frozen, learning_rate = phase(config, epoch)
+        if epoch == start or frozen != current:
+            model = optimizer = None  # drop the last DDP wrapper and its gradient hooks before wrapping anew
+            model, optimizer = _prepare(net, frozen, learning_rate)
+            if resumed and epoch == start and history[-1].get("frozen_features", False) == frozen:
+                optimizer.load_state_dict(optimizer_state)  # the same phase: the same parameters in the optimizer
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate
+            current = frozen
+        began = time.perf_counter()
+        generator.manual_seed(config.seed * 1_000_003 + epoch * 1_009 + rank)
+        fail = config.fail_at_epoch == epoch and start < epoch and rank == world - 1  # once: not after the restart
+        loss, rows = _train_epoch(model, optimizer, class_weights, generator, config, fail)
+        seconds = time.perf_counter() - began
+        metrics = {"epoch": epoch, "attempt_start_epoch": start, "train_loss": loss, "train_rows": rows}
+        metrics |= {"frozen_features": frozen, **_optimized(optimizer)}
+        metrics["train_crops_per_s"] = rows / seconds  # all workers together
+        if rank == 0:
+            metrics |= _evaluate(net, class_weights, config, on_gpu)
+            metrics["seconds"] = time.perf_counter() - began
+            _report_with_checkpoint(net, optimizer, config, history + [metrics], pretrained)
+            print(_progress(metrics, config.epochs), flush=True)
+        else:
+            ray.train.report(metrics, checkpoint=None)
+        history.append(metrics)
+
+
+def _prepare(net: nn.Module, frozen: bool, learning_rate: float) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The model wrapped for Ray Train (DDP across workers) and Adam over the parameters that train.
+
+    DDP reduces the gradients of the parameters that required them when it wrapped the model, so the model is
+    wrapped anew whenever the frozen features thaw.
+    """
+    net.features.requires_grad_(not frozen)
+    model = ray.train.torch.prepare_model(net)
+    return model, torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
+
+
+def _optimized(optimizer: torch.optim.Optimizer) -> dict:
+    """What the optimizer trains: its parameter count and learning rate."""
+    groups = optimizer.param_groups
+    return {"trained_parameters": sum(p.numel() for g in groups for p in g["params"]), "learning_rate": groups[0]["lr"]}
+
+
+def _train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    class_weights: torch.Tensor,
+    generator: torch.Generator,
+    config: TrainConfig,
+    fail: bool,
+) -> tuple[float, int]:
+    """One pass over this worker's shard; returns the mean training loss and the rows seen, over all workers."""
+    model.train()
+    device = class_weights.device
+    totals = torch.zeros(2, dtype=torch.float64, device=device)  # summed loss, rows
+    batches = ray.train.get_dataset_shard("train").iter_torch_batches(
+        batch_size=config.batch_size,
+        device=device,
+        local_shuffle_buffer_size=config.shuffle_buffer,
+        local_shuffle_seed=int(generator.initial_seed() % 2**31),
+    )
+    for batch in batches:
+        if fail:
+            os._exit(1)  # a worker dying mid-run, for the fault-tolerance test
+        labels = batch["label"]
+        loss = step.train_step(
+            model, optimizer, batch["pixels"], labels, class_weights, generator, config.augment, batch["pct"]
+        )
+        totals[0] += loss.double() * len(labels)
+        totals[1] += len(labels)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(totals)
+    loss_sum, rows = totals.tolist()
+    return loss_sum / max(rows, 1), int(rows)
+
+
+def _evaluate(net: nn.Module, class_weights: torch.Tensor, config: TrainConfig, on_gpu: bool) -> dict:
+    """Loss and accuracies on the whole validation split (no augmentation); the CDF head's % error too."""
+    net.eval()
+    device = class_weights.device
+    loss_sum, weight_sum, pct_error = 0.0, 0.0, 0.0
+    confusion = np.zeros((domain.NUM_STAGES, domain.NUM_STAGES), dtype=np.int64)
+    with torch.no_grad():
+        for batch in ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=config.batch_size, device=device):
+            labels, pct = batch["label"], batch["pct"]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
+                outputs = net(step.scaled(batch["pixels"], on_gpu)).float()
+            loss_sum += step.weighted_losses(outputs, labels, pct, class_weights).sum().item()
+            weight_sum += class_weights[labels].sum().item()
+            confusion += agreement.confusion_matrix(labels.cpu().numpy(), stage_logits(outputs).argmax(1).cpu().numpy())
+            if config.model.head == "cdf":
+                pct_error += (cdf.expected_pct(torch.softmax(outputs, dim=1)) - pct).abs().sum().item()
+    cdf_metrics = {"val_pct_mae": pct_error / max(int(confusion.sum()), 1)} if config.model.head == "cdf" else {}
+    return cdf_metrics | {
+        "val_loss": loss_sum / weight_sum,
+        "val_rows": int(confusion.sum()),
+        "val_accuracy": agreement.global_accuracy(confusion),
+        "val_balanced_accuracy": agreement.balanced_accuracy(confusion),
+        "val_pm1_balanced_accuracy": agreement.pm1_balanced_accuracy(confusion),
+        "val_confusion": confusion.tolist(),
+    }
+
+
+def _report_with_checkpoint(
+    net: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, history: list[dict], pretrained: dict | None
+) -> None:
+    card = checkpoint.ModelCard(
+        model_version="",
+        model=config.model,
+        epoch=history[-1]["epoch"],
+        history=history,
+        train=_as_json(config),
+        preprocess=checkpoint.preprocess_settings(config.model),
+        pretrained=pretrained,
+    )
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint.write(directory, net, card, optimizer)
+        ray.train.report(history[-1], checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def _as_json(config: TrainConfig) -> dict:
+    content = dataclasses.asdict(config)
+    content.pop("fail_at_epoch")
+    return content
+
+
+def _progress(metrics: dict, epochs: int) -> str:
+    frozen = ", frozen features" if metrics["frozen_features"] else ""
+    return (
+        f"epoch {metrics['epoch'] + 1}/{epochs}{frozen}: train loss {metrics['train_loss']:.3f} "
+        f"({metrics['train_rows']} crops, {metrics['train_crops_per_s']:.0f}/s) | "
+        f"val loss {metrics['val_loss']:.3f}, accuracy "
+        f"{metrics['val_accuracy']:.3f}, balanced {metrics['val_balanced_accuracy']:.3f}, "
+        f"+-1 balanced {metrics['val_pm1_balanced_accuracy']:.3f}"
+        + (f", % MAE {metrics['val_pct_mae']:.1f}" if "val_pct_mae" in metrics else "")
+        + f" ({metrics['val_rows']} crops)"
+    )

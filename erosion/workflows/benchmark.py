@@ -1,0 +1,288 @@
+"""Throughput of training and of scoring, each measured side by side in one run.
+
+Training (``train_throughput``):
+
+- bare: forward + backward + Adam step on batches already on the device, already scaled to [0, 1];
+- augmented: the same batches from uint8, scaled and augmented on the device, then the same step;
+- pipeline: a real ``erosion train`` run (Ray Data streaming and decoding the registry, DDP across the
+  workers, validation and checkpoints included), from its last epoch, per worker.
+
+The ratios say what augmentation and the data path cost against the model alone. The bare and augmented
+steps run in this process with as many threads as one worker gets (``threads``), on the same batch of real
+crops, through the training loop's own step function.
+
+Scoring (``score_throughput``), at each registry size (the registry is a source registry's rows repeated under
+new joint ids, so that sizes differ by rows and nothing else):
+
+- end to end: ``scoring.score``, the whole run from start-up to commit (Rau scores and manifest included);
+- pipeline: the same plan (read, decode, model actors) without the write;
+- model only: the same actor pool (``scoring.model_scores``) on as many crops, already decoded and in memory;
+- decode only: the registry read and decoded by the same CPU tasks (``tasks.scoring_crops``), no model;
+- naive: one process, a PyTorch DataLoader over the Parquet files, decode and model in turn;
+- peak private memory (USS) of the driver and of the largest Ray worker during the end-to-end run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import torch
+
+from erosion.core import schema
+from erosion.io import datasets, storage
+from erosion.model import checkpoint
+from erosion.model.augment import AugmentConfig
+from erosion.model.network import ErosionCNN, ModelConfig
+from erosion.registry.preprocess import letterbox, letterbox_batch
+from erosion.score import decoding, scoring, tasks
+from erosion.train import labelled, step, training
+
+
+@dataclass(frozen=True)
+class TrainBenchConfig:
+    """What to measure; the defaults are a CPU-sized run (reduced model)."""
+
+    registry: str  # a registry folder with registry/ and ratings/ (e.g. from ``erosion synth``)
+    out: str  # where the pipeline run writes its checkpoints
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(input_size=64, width=0.25))
+    batch_size: int = 128
+    steps: int = 20  # timed steps of the bare and augmented loops (after 3 warm-up steps)
+    workers: int = 2
+    epochs: int = 3  # of the pipeline run; its last epoch is the one reported
+    threads: int = 1  # torch threads for the in-process loops: what one worker gets
+    device: str = "cpu"
+
+
+def train_throughput(config: TrainBenchConfig) -> dict:
+    """Measure the three throughputs and their ratios; returns them with the setting they rest on."""
+    torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    pixels, labels = _crops(config)
+    bare = _step_rate(config, pixels, labels, device, augmented=False)
+    augmented = _step_rate(config, pixels, labels, device, augmented=True)
+    run = training.train(
+        training.TrainConfig(
+            data=labelled.LabelSet(f"{config.registry}/registry", f"{config.registry}/ratings"),
+            out=config.out,
+            name=f"bench-{int(time.time())}",
+            epochs=config.epochs,
+            workers=config.workers,
+            gpus_per_worker=1.0 if device.type == "cuda" else 0.0,
+            batch_size=config.batch_size,
+            model=config.model,
+        )
+    )
+    last = run.card.history[-1]
+    pipeline = last["train_crops_per_s"] / config.workers
+    return {
+        "setting": dataclasses.asdict(config) | {"machine": platform.machine(), "torch": torch.__version__},
+        "bare_step_crops_per_s": bare,
+        "augmented_step_crops_per_s": augmented,
+        "pipeline_crops_per_s_per_worker": pipeline,
+        "pipeline_epoch_seconds": last["seconds"],
+        "augmented_over_bare": augmented / bare,
+        "pipeline_over_bare": pipeline / bare,
+    }
+
+
+def _crops(config: TrainBenchConfig) -> tuple[np.ndarray, np.ndarray]:
+    """One batch of real crops of the registry, letterboxed, with random stages (speed does not care)."""
+    fs, _ = storage.filesystem(f"{config.registry}/registry")
+    file = storage.parquet_files(f"{config.registry}/registry")[0]
+    _, batch = next(storage.iter_file_batches(fs, file, ["image"], config.batch_size))
+    pixels, _ = letterbox_batch(batch["image"].to_pylist(), config.model.input_size)
+    return pixels, np.random.default_rng(0).integers(0, 6, len(pixels))
+
+
+def _step_rate(
+    config: TrainBenchConfig, pixels: np.ndarray, labels: np.ndarray, device: torch.device, augmented: bool
+) -> float:
+    model = ErosionCNN(config.model).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batch, target = torch.from_numpy(pixels).to(device), torch.from_numpy(labels).to(device)
+    weights = torch.ones(6, device=device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    augmentation = AugmentConfig() if augmented else None
+    began = 0.0
+    for i in range(3 + config.steps):
+        if i == 3:
+            _sync(device)
+            began = time.perf_counter()
+        step.train_step(model, optimizer, batch, target, weights, generator, augmentation)
+    _sync(device)
+    return config.steps * len(labels) / (time.perf_counter() - began)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@dataclass(frozen=True)
+class ScoreBenchConfig:
+    """What to measure; the model decides the speed (on CPU, use a reduced one and say so)."""
+
+    registry: str  # a source registry table; its rows are repeated to each size
+    model: str  # a checkpoint or a training run's folder
+    out: str  # where the sized registries and the runs go
+    sizes: tuple[int, ...] = (10_000, 100_000)
+    model_only_rows: int = 100_000  # at most this many in-memory crops for the model-only rate
+    naive_rows: int = 5_000
+    scoring: dict = field(default_factory=dict)  # ScoreConfig settings: batch_size, actors, cpus_per_actor, ...
+
+
+def score_throughput(config: ScoreBenchConfig) -> dict:
+    """Measure end-to-end, pipeline, model-only, decode-only and naive rates and peak memory at each size.
+
+    Every rate is rows / wall time of the whole execution, start-up included (actors starting, the model
+    loading); ``model_only_startup_s`` is how long the model-only run took to its first batch.
+    """
+    card = checkpoint.read_card(config.model)
+    size = card.preprocess["input_size"]
+    settings = {"batch_size": 256, "actors": 1, "cpus_per_actor": 0.5} | config.scoring
+    figures: dict = {
+        "setting": dataclasses.asdict(config)
+        | {"scoring": settings, "model": dataclasses.asdict(card.model), "machine": platform.machine()},
+        "cpus": os.cpu_count(),
+    }
+    source = storage.read_table(config.registry, [*schema.KEYS, "image"]).slice(0, 2_000)
+    crops = decoding.decode_batch(source, size)
+    for rows in config.sizes:
+        registry = _sized_registry(source, rows, f"{config.out}/registry-{rows}")
+        run = scoring.ScoreConfig(registry, config.model, f"{config.out}/runs", run_id=f"bench-{rows}", **settings)
+        with _PeakMemory() as memory:
+            result = scoring.score(run)
+        model_only, startup = _model_only(crops, min(rows, config.model_only_rows), run)
+        figures[str(rows)] = rates = {
+            "end_to_end_crops_per_s": result.crops_per_s,
+            "end_to_end_seconds": result.seconds,
+            "pipeline_crops_per_s": _rate(scoring.pipeline(run, "bench", size), rows),
+            "model_only_crops_per_s": model_only,
+            "model_only_startup_s": startup,
+            "decode_only_crops_per_s": _rate(tasks.scoring_crops(_read(registry), size, run.decode_rows), rows),
+            "naive_crops_per_s": _naive(registry, config.model, min(rows, config.naive_rows)),
+            "driver_peak_uss_mb": memory.driver_mb,
+            "largest_worker_peak_uss_mb": memory.worker_mb,
+        }
+        rates["pipeline_over_model_only"] = rates["pipeline_crops_per_s"] / model_only
+        rates["end_to_end_over_model_only"] = rates["end_to_end_crops_per_s"] / model_only
+        rates["end_to_end_over_naive"] = rates["end_to_end_crops_per_s"] / rates["naive_crops_per_s"]
+    if len(config.sizes) > 1:
+        small, large = (figures[str(n)] for n in (config.sizes[0], config.sizes[-1]))
+        for key in ("driver_peak_uss_mb", "largest_worker_peak_uss_mb"):
+            figures[f"{key}_growth"] = large[key] / small[key] - 1
+    return figures
+
+
+def _sized_registry(source: pa.Table, rows: int, url: str, rows_per_file: int = 5_000) -> str:
+    """``rows`` registry rows: the source's rows over and over, each copy under new joint ids."""
+    fs, path = storage.filesystem(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    fs.makedirs(path, exist_ok=True)
+    for start in range(0, rows, rows_per_file):
+        take = np.arange(start, min(rows, start + rows_per_file)) % source.num_rows
+        part = source.take(pa.array(take))
+        ids = pa.array([f"bench/{start + i}" for i in range(len(take))])
+        part = part.set_column(0, "joint_id", ids).cast(schema.REGISTRY)
+        with fs.open(f"{path}/part-{start // rows_per_file:05d}.parquet", "wb") as f:
+            pq.write_table(part, f)
+    return url
+
+
+def _read(registry: str) -> ray.data.Dataset:
+    return datasets.read(registry, [*schema.KEYS, "image"])
+
+
+def _model_only(crops: pa.Table, rows: int, run: scoring.ScoreConfig) -> tuple[float, float]:
+    """The actor pool alone on decoded crops already in the object store: (crops/s, seconds to first batch)."""
+    table = pa.concat_tables([crops] * -(-rows // crops.num_rows)).slice(0, rows)
+    blocks = ray.data.from_arrow([table.slice(i, 2_000) for i in range(0, rows, 2_000)]).materialize()
+    began, first, count = time.perf_counter(), 0.0, 0
+    for batch in scoring.model_scores(blocks, run, "bench").iter_batches(batch_format="pyarrow", batch_size=None):
+        first = first or time.perf_counter() - began
+        count += batch.num_rows
+    if count != rows:
+        raise RuntimeError(f"{count} rows came out of {rows}.")
+    return rows / (time.perf_counter() - began), first
+
+
+def _rate(dataset: ray.data.Dataset, rows: int) -> float:
+    """Rows per second of a whole execution, consumed batch by batch and dropped."""
+    began = time.perf_counter()
+    count = sum(b.num_rows for b in dataset.iter_batches(batch_format="pyarrow", batch_size=None))
+    if count != rows:
+        raise RuntimeError(f"{count} rows came out of {rows}.")
+    return rows / (time.perf_counter() - began)
+
+
+class _Crops(torch.utils.data.IterableDataset):
+    """The naive baseline's dataset: one Parquet batch after another, each crop decoded on its own."""
+
+    def __init__(self, registry: str, size: int, rows: int) -> None:
+        self.registry, self.size, self.rows = registry, size, rows
+
+    def __iter__(self):
+        left = self.rows
+        for _, _, batch in storage.iter_batches(self.registry, ["image"], 256):
+            for data in batch["image"].to_pylist()[:left]:
+                try:
+                    yield torch.from_numpy(letterbox(data, self.size))
+                except ValueError:
+                    continue
+            left -= min(left, batch.num_rows)
+            if not left:
+                return
+
+
+def _naive(registry: str, model_url: str, rows: int) -> float:
+    """One process: a DataLoader (no worker processes) decodes, then the model scores, batch after batch."""
+    model, card = checkpoint.load(model_url)
+    loader = torch.utils.data.DataLoader(_Crops(registry, card.preprocess["input_size"], rows), batch_size=256)
+    began, count = time.perf_counter(), 0
+    with torch.inference_mode():
+        for batch in loader:
+            model(batch.unsqueeze(1).float() / 255).softmax(1)
+            count += len(batch)
+    return count / (time.perf_counter() - began)
+
+
+class _PeakMemory:
+    """Samples the private memory (USS: not the shared object store) of this process and of every Ray worker."""
+
+    def __init__(self, every: float = 0.5) -> None:
+        self.every, self.driver_mb, self.worker_mb = every, 0.0, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> _PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            self.driver_mb = max(self.driver_mb, me.memory_full_info().uss / 2**20)
+            for process in me.children(recursive=True):  # the local Ray this process started
+                try:
+                    if process.name().startswith("ray::"):
+                        self.worker_mb = max(self.worker_mb, process.memory_full_info().uss / 2**20)
+                except psutil.Error:
+                    continue
+            self._stop.wait(self.every)
