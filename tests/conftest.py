@@ -1,6 +1,7 @@
 """Shared real parts for the suite: one local Ray, one S3-compatible server (moto) on loopback.
 
-The AWS variables are set at import, before Ray starts, so Ray's workers reach the same server.
+The AWS variables are set at import, before Ray starts, so Ray's workers reach the same server. Test modules
+import the shared constants and helpers by name: ``from conftest import SMALL_MODEL, free_port``.
 """
 
 from __future__ import annotations
@@ -10,16 +11,22 @@ import socket
 
 import pytest
 
+from erosion.model.network import ModelConfig
+
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray listens on 127.0.0.1 only
 
 
-def _free_port() -> int:
+SMALL_MODEL = ModelConfig(input_size=64, width=0.25)  # the reduced CNN that tests train and score on CPU
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (the system's choice)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-S3_PORT = _free_port()
+S3_PORT = free_port()
 os.environ.update(
     {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
@@ -84,7 +91,7 @@ def untrained_model():
     import torch
 
     from erosion.model import checkpoint
-    from erosion.model.network import ErosionCNN, ModelConfig
+    from erosion.model.network import ErosionCNN
 
     def write(folder, config: ModelConfig) -> str:
         torch.manual_seed(1)

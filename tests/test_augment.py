@@ -1,6 +1,7 @@
 import math
 
 import torch
+from conftest import SMALL_MODEL
 
 from erosion.model.augment import NO_AUGMENTATION, AugmentConfig, affine_matrices, augment
 
@@ -58,10 +59,10 @@ def test_test_time_views_are_fixed_by_their_seed_and_are_the_training_transforms
 def test_probabilities_over_views_are_the_mean_over_the_transformed_crops():
     import numpy as np
 
-    from erosion.model.network import ErosionCNN, ModelConfig, probabilities
+    from erosion.model.network import ErosionCNN, probabilities
 
     torch.manual_seed(0)
-    model = ErosionCNN(ModelConfig(input_size=64, width=0.25))
+    model = ErosionCNN(SMALL_MODEL)
     for layer in model.modules():
         if isinstance(layer, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
             layer.momentum = None  # statistics from the crops below, so that answers depend on the crop

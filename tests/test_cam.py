@@ -11,12 +11,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import SMALL_MODEL
 from torch import nn
 
 from erosion.cli.main import main
 from erosion.io import runs
 from erosion.model import checkpoint
-from erosion.model.network import ErosionCNN, ModelConfig, probabilities
+from erosion.model.network import ErosionCNN, probabilities
 from erosion.report import cam, report, tables
 from erosion.score import scoring
 
@@ -76,7 +77,7 @@ def test_a_stage_nothing_speaks_for_gets_an_empty_map():
 
 
 def test_the_last_block_of_the_cnn_is_its_last_activation_before_pooling():
-    model = ErosionCNN(ModelConfig(input_size=64, width=0.25))
+    model = ErosionCNN(SMALL_MODEL)
     assert cam.last_conv_block(model) is model.features[-2]
     assert isinstance(model.features[-2], nn.ReLU) and isinstance(model.features[-3], nn.BatchNorm2d)
     with pytest.raises(ValueError, match="has none"):
@@ -85,7 +86,7 @@ def test_the_last_block_of_the_cnn_is_its_last_activation_before_pooling():
 
 def test_shapes_range_and_determinism_on_the_cnn():
     torch.manual_seed(0)
-    model = ErosionCNN(ModelConfig(input_size=64, width=0.25))
+    model = ErosionCNN(SMALL_MODEL)
     model.train()  # grad_cam runs it in eval mode and gives the mode back
     pixels = np.random.default_rng(0).integers(0, 256, (5, 64, 64), dtype=np.uint8)
     heat = cam.grad_cam(model, pixels, batch_size=2)
@@ -228,19 +229,20 @@ class _Page(html.parser.HTMLParser):
 def scored(ray_local, small_registry, untrained_model, tmp_path_factory) -> str:
     """A real scoring run of the small synthetic registry by a seeded untrained model; returns the run's folder."""
     folder = tmp_path_factory.mktemp("cam")
-    model = untrained_model(folder / "model", ModelConfig(input_size=64, width=0.25))
+    model = untrained_model(folder / "model", SMALL_MODEL)
     return scoring.score(scoring.ScoreConfig(f"{small_registry}/registry", model, str(folder / "runs"), "cam")).run
 
 
 def _stages(run: str, ratings: str) -> tuple[pd.DataFrame, str, list[str]]:
     """An independent join of a run's scores and the ratings: the stages, the model's name and the human raters."""
     scores = pq.read_table(f"{run}/scores").to_pandas().set_index("joint_id")
-    rater = tables.model_rater(runs.manifest(run)["model_version"])
+    rater = tables.model_rater(runs.manifest(run).model_version)
     wide = pq.read_table(ratings).to_pandas().pivot(index="joint_id", columns="rater", values="ratingen")
     stages = scores[["joint"]].assign(**{rater: scores["ratingen_pred"].astype(float)}).join(wide.astype(float))
     return stages, rater, list(wide.columns)
 
 
+@pytest.mark.slow
 def test_the_report_draws_and_links_heat_maps_of_the_most_disagreed_on_joints(scored, small_registry):
     run, ratings = scored, f"{small_registry}/ratings"
     argv = ["report", "--scores", run, "--ratings", ratings, "--cam", "3", "--registry", f"{small_registry}/registry"]
@@ -273,6 +275,7 @@ def test_the_report_draws_and_links_heat_maps_of_the_most_disagreed_on_joints(sc
         assert f"the model gave stage {stages.loc[joint_id, rater]:.0f}" in text
 
 
+@pytest.mark.slow
 def test_a_joint_gone_from_the_registry_is_listed_with_the_reason_and_another_model_is_refused(
     scored, small_registry, tmp_path
 ):
@@ -293,8 +296,8 @@ def test_a_joint_gone_from_the_registry_is_listed_with_the_reason_and_another_mo
     assert row[-1] == f"not in the registry: {tmp_path / 'registry'}"
 
     other = tmp_path / "other"
-    model = ErosionCNN(ModelConfig(input_size=64, width=0.25)).eval()
-    checkpoint.write(str(other), model, checkpoint.ModelCard("", ModelConfig(input_size=64, width=0.25), 0, []))
+    model = ErosionCNN(SMALL_MODEL).eval()
+    checkpoint.write(str(other), model, checkpoint.ModelCard("", SMALL_MODEL, 0, []))
     run = runs.manifest(scored) | {"model": str(other)}
     with pytest.raises(ValueError, match="would explain another model"):
         report.build(config, str(tmp_path / "built"), run)

@@ -1,17 +1,20 @@
 """The CDF head (the thesis's regression): CRPS against properscoring, stage probabilities against the Ratingen
 rule, and a model that learns the % of a handful of crops with it."""
 
+import dataclasses
+
 import numpy as np
 import properscoring
 import pytest
 import torch
+from conftest import SMALL_MODEL
 
 from erosion.core import domain
 from erosion.model import cdf
 from erosion.model.network import ModelConfig, build_model, predict, stage_logits
 from erosion.train import step
 
-SMALL_CDF = ModelConfig(input_size=64, width=0.25, head="cdf")
+SMALL_CDF = dataclasses.replace(SMALL_MODEL, head="cdf")
 
 
 def test_crps_is_properscorings_for_the_predicted_distribution_at_a_whole_percent():
@@ -51,7 +54,7 @@ def test_a_rating_without_a_percent_stands_for_the_middle_of_its_stage():
         domain.stage_midpoint_pct(6)
 
 
-@pytest.mark.parametrize("arch", ["cnn", "vgg16"])
+@pytest.mark.parametrize("arch", ["cnn", pytest.param("vgg16", marks=pytest.mark.slow)])  # VGG16 takes seconds to build
 def test_both_architectures_take_the_cdf_head_and_predict_stages_and_a_percent(arch):
     config = SMALL_CDF if arch == "cnn" else ModelConfig(input_size=32, arch="vgg16", head="cdf")
     torch.manual_seed(0)
@@ -68,12 +71,13 @@ def test_both_architectures_take_the_cdf_head_and_predict_stages_and_a_percent(a
 
 
 def test_the_stages_head_predicts_no_percent():
-    model = build_model(ModelConfig(input_size=64, width=0.25)).eval()
+    model = build_model(SMALL_MODEL).eval()
     predicted = predict(model, np.zeros((3, 64, 64), np.uint8))
     assert predicted.shape == (3, 7) and np.isnan(predicted[:, 6]).all()
     np.testing.assert_allclose(predicted[:, :6].sum(1), 1, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_trained_with_crps_the_head_learns_the_percent_of_a_few_crops():
     """Eight crops whose brightness gives their %: the training step brings the predicted % close to it."""
     torch.manual_seed(0)

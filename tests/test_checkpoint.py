@@ -1,23 +1,24 @@
+import dataclasses
 import subprocess
 import sys
 
 import pytest
 import torch
+from conftest import SMALL_MODEL
 
 from erosion.model import checkpoint
 from erosion.model.network import ErosionCNN, ModelConfig
 
-SMALL = ModelConfig(input_size=64, width=0.25)
 
-
-def _card(config: ModelConfig = SMALL) -> checkpoint.ModelCard:
+def _card(config: ModelConfig = SMALL_MODEL) -> checkpoint.ModelCard:
     history = [{"epoch": 0, "val_balanced_accuracy": 0.3}, {"epoch": 1, "val_balanced_accuracy": 0.4}]
     return checkpoint.ModelCard("", config, epoch=1, history=history, preprocess=checkpoint.preprocess_settings(config))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_loads_in_a_plain_process_without_ray(tmp_path):
     torch.manual_seed(0)
-    model = ErosionCNN(SMALL).eval()
+    model = ErosionCNN(SMALL_MODEL).eval()
     card = checkpoint.write(str(tmp_path / "ck"), model, _card(), torch.optim.Adam(model.parameters()))
     x = torch.rand(3, 1, 64, 64)
     torch.save(model(x).detach(), tmp_path / "expected.pt")
@@ -38,18 +39,18 @@ print(card.model_version, card.classes, card.preprocess["input_size"], len(card.
 
 def test_the_model_version_is_a_content_hash(tmp_path):
     torch.manual_seed(0)
-    a, b = ErosionCNN(SMALL), ErosionCNN(SMALL)
+    a, b = ErosionCNN(SMALL_MODEL), ErosionCNN(SMALL_MODEL)
     b.load_state_dict(a.state_dict())
-    version = checkpoint.model_version(a.state_dict(), SMALL)
-    assert version == checkpoint.model_version(b.state_dict(), SMALL)
+    version = checkpoint.model_version(a.state_dict(), SMALL_MODEL)
+    assert version == checkpoint.model_version(b.state_dict(), SMALL_MODEL)
     with torch.no_grad():
         b.head[-2].bias[0] += 1e-6
-    assert checkpoint.model_version(b.state_dict(), SMALL) != version
-    assert checkpoint.model_version(a.state_dict(), ModelConfig(input_size=64, width=0.25, dropout=0.4)) != version
+    assert checkpoint.model_version(b.state_dict(), SMALL_MODEL) != version
+    assert checkpoint.model_version(a.state_dict(), dataclasses.replace(SMALL_MODEL, dropout=0.4)) != version
 
 
 def test_weights_that_do_not_match_the_card_are_refused(tmp_path):
-    model = ErosionCNN(SMALL)
+    model = ErosionCNN(SMALL_MODEL)
     checkpoint.write(str(tmp_path / "ck"), model, _card())
     with torch.no_grad():
         model.head[-2].bias[0] += 1.0
@@ -61,7 +62,7 @@ def test_weights_that_do_not_match_the_card_are_refused(tmp_path):
 
 
 def test_a_checkpoint_round_trips_through_s3(s3_bucket):
-    model = ErosionCNN(SMALL).eval()
+    model = ErosionCNN(SMALL_MODEL).eval()
     card = checkpoint.write(f"{s3_bucket}/run/model", model, _card())
     loaded, loaded_card = checkpoint.load(f"{s3_bucket}/run")  # a run's folder finds its model/
     assert loaded_card == card

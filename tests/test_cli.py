@@ -1,9 +1,15 @@
+import re
 import subprocess
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from erosion.cli.main import main
+from erosion.cli import flags
+from erosion.cli.main import main, parser
+from erosion.registry.synth import SynthConfig
+from erosion.train.labelled import LabelSet
+from erosion.train.training import TrainConfig
 from erosion.core.split import split_of
 from erosion.io import storage
 from erosion.model import checkpoint
@@ -32,11 +38,15 @@ def test_summary_reads_the_registry_from_s3_in_ray_workers(ray_local, small_regi
     assert remote == summarize(f"{small_registry}/registry", f"{small_registry}/ratings")
 
 
-def test_demo_runs_end_to_end(ray_local, tmp_path, capsys):
+def test_demo_runs_end_to_end_and_prints_no_ray_info_line(ray_local, tmp_path, capfd):
     assert main(["demo", "--patients", "16", "--epochs", "1", "--out", str(tmp_path)]) == 0
-    printed = capsys.readouterr().out
-    assert "validation:" in printed and "0 problems" in printed and "class mix" in printed
-    assert "trained a reduced model" in printed and "best epoch 1" in printed
+    out, err = capfd.readouterr()
+    assert re.search(r"validation: \d+ rows, 0 problems, \d+ rows, 0 problems\n", out) and "class mix" in out
+    assert "trained a reduced model" in out and "best epoch 1" in out
+    assert out.count("epoch 1/1: train loss") == 1  # the epoch's line, once
+    printed = out + err
+    for ray_line in (" INFO ", "Reporting training result", "Starting execution of Dataset", "Deprecat"):
+        assert ray_line not in printed, ray_line
     assert (tmp_path / "manifest.json").exists()
     assert checkpoint.read_card(str(tmp_path / "runs" / "demo")).epoch == 0
 
@@ -61,3 +71,43 @@ def test_console_script_synth(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "joints/s" in result.stdout
     assert storage.read_table(str(tmp_path / "r" / "registry")).num_rows > 0
+
+
+def _commands() -> list[str]:
+    (commands,) = [a for a in parser()._actions if a.dest == "==SUPPRESS==" and a.choices]
+    return sorted(commands.choices)
+
+
+@pytest.mark.parametrize("command", ["", *_commands()])
+def test_every_command_has_a_working_help(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"] if command else ["--help"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: erosion {command}".rstrip())
+
+
+def test_the_flags_default_to_the_configs_own_defaults():
+    args = parser().parse_args(["train", "--registry", "reg", "--ratings", "rat", "--out", "o"])
+    assert flags.build(TrainConfig, args) == TrainConfig(data=LabelSet("reg", "rat"), out="o")
+    args = parser().parse_args(["synth", "--patients", "3", "--out", "o"])
+    assert flags.build(SynthConfig, args) == SynthConfig(patients=3, out="o")
+
+
+def test_flags_set_nested_fields_tuples_and_booleans():
+    argv = ["train", "--registry", "reg", "--ratings", "rat", "--out", "o", "--lr", "0.01", "--no-weighted-loss"]
+    config = flags.build(
+        TrainConfig, parser().parse_args([*argv, "--width", "0.25", "--zoom", "0", "--s3-region", "x"])
+    )
+    assert (config.learning_rate, config.weighted_loss, config.model.width, config.augment.zoom) == (
+        0.01,
+        False,
+        0.25,
+        0,
+    )
+    assert config.data.options.region == "x" and config.model.input_size == 150
+    synth = flags.build(
+        SynthConfig, parser().parse_args(["synth", "--patients", "1", "--out", "o", "--hands", "hand_left"])
+    )
+    assert synth.hands == ("hand_left",)
+    with pytest.raises(SystemExit):
+        parser().parse_args([*argv, "--arch", "resnet"])  # not one of the choices

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SMALL_MODEL
 from sklearn import metrics
 
 from erosion.cli.main import main
@@ -16,9 +17,7 @@ from erosion.train import evaluate, experiments, labelled, training
 
 
 def test_each_variant_differs_from_the_base_in_what_it_studies_only():
-    base = training.TrainConfig(
-        data=labelled.LabelSet("registry", "ratings"), out="out", epochs=3, model=ModelConfig(input_size=64, width=0.25)
-    )
+    base = training.TrainConfig(data=labelled.LabelSet("registry", "ratings"), out="out", epochs=3, model=SMALL_MODEL)
     runs = experiments.variants("all", experiments.ExperimentConfig(base=base, vgg16_input_size=32))
     assert list(runs) == ["unweighted", "weighted", "cdf", "vgg16"]
     differences = {
@@ -49,6 +48,7 @@ def experiment(ray_local, small_registry, tmp_path_factory) -> str:
     return out
 
 
+@pytest.mark.slow
 def test_the_classifier_and_the_cdf_head_are_trained_alike_but_for_the_head_and_its_loss(experiment):
     cards = {name: checkpoint.read_card(f"{experiment}/{name}") for name in ("weighted", "cdf")}
     assert cards["weighted"].model.head == "stages" and cards["cdf"].model.head == "cdf"
@@ -58,6 +58,7 @@ def test_the_classifier_and_the_cdf_head_are_trained_alike_but_for_the_head_and_
     assert "val_pct_mae" in cards["cdf"].history[-1] and "val_pct_mae" not in cards["weighted"].history[-1]
 
 
+@pytest.mark.slow
 def test_the_table_holds_every_variant_view_split_and_reference_with_recomputable_figures(experiment, small_registry):
     table = pd.read_parquet(f"{experiment}/table.parquet")
     confusion = pd.read_parquet(f"{experiment}/confusion.parquet")
@@ -94,6 +95,7 @@ def test_the_table_holds_every_variant_view_split_and_reference_with_recomputabl
     assert len(os.listdir(f"{experiment}/figures")) == 2 * 2 * 2 * len(references)  # a plot per row's pair
 
 
+@pytest.mark.slow
 def test_evaluate_prints_the_cdf_heads_figures_as_the_experiment_table_has_them(experiment, small_registry, capsys):
     command = ["evaluate", "--model", f"{experiment}/cdf", "--registry", f"{small_registry}/registry"]
     command += ["--ratings", f"{small_registry}/ratings", "--truth", f"{small_registry}/truth", "--split", "test"]

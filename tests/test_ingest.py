@@ -80,7 +80,7 @@ def test_wide_export_ingests_the_good_rows_and_reports_each_bad_one(wide_export)
         ("1.2/mcp1", 5, 1),
         ("1.4/mcp1", 0, 0),
     }
-    assert manifest["rows"] == {"registry": 6, "ratings": 5, "errors": 6}
+    assert manifest.rows == {"registry": 6, "ratings": 5, "errors": 6}
     report, ids = validate.validate_registry(f"{out}/registry")
     assert report.problems == [] and validate.validate_ratings(f"{out}/ratings", ids).problems == []
 
@@ -125,7 +125,7 @@ def test_long_export_with_two_raters_and_stage_labels(tmp_path):
     }
     assert ratings == {("9.1/pip2", "registry", 2), ("9.1/pip2", "expert", 3), ("9.2/mtp1", "registry", 0)}
     # pip2 once for its two raters, and mtp1; a rejected row (the wrist) brings no image either.
-    assert manifest["rows"]["registry"] == 2
+    assert manifest.rows["registry"] == 2
 
 
 def test_a_csv_without_the_key_columns_is_refused(tmp_path):

@@ -7,9 +7,9 @@ exactly its processes and never the session's local Ray or anyone else's.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,21 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import ray
 import torch
+from conftest import SMALL_MODEL, free_port
 
-from erosion.io import runs, storage
+from erosion.io import runs, runtime, storage
 from erosion.model import checkpoint
-from erosion.model.network import ErosionCNN, ModelConfig
+from erosion.model.network import ErosionCNN
 from erosion.registry import synth
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ModelConfig(input_size=64, width=0.25)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _environment() -> dict[str, str]:
@@ -105,14 +100,14 @@ def ray_head(tmp_path: Path) -> Iterator[Head]:
     token = home / ".ray" / "auth_token"
     token.chmod(0o600)  # Ray writes it world-readable
     env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
-    gcs, dashboard = _free_port(), _free_port()
+    gcs, dashboard = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray-head-")  # short: Ray's socket paths must fit in 107 bytes
     log = tmp_path / "head.log"
     command = [
         "ray", "start", "--head", "--block", "--disable-usage-stats", "--num-cpus", "2",
         "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--temp-dir", temp_dir,
         "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-        "--dashboard-agent-listen-port", str(_free_port()), "--ray-client-server-port", str(_free_port()),
+        "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port()),
         "--object-store-memory", str(256 * 2**20),
     ]  # fmt: skip
     with open(log, "w") as out:
@@ -130,8 +125,10 @@ def _registry_and_model(bucket: str) -> tuple[str, str, int]:
     """A one-visit synthetic registry and an untrained reduced model on S3: (registry, model, rows)."""
     synth.generate(synth.SynthConfig(patients=1, out=f"{bucket}/data", seed=1, hands=("hand_left",), max_visits=1))
     torch.manual_seed(0)
-    card = checkpoint.ModelCard("", SMALL, epoch=0, history=[], preprocess=checkpoint.preprocess_settings(SMALL))
-    checkpoint.write(f"{bucket}/model", ErosionCNN(SMALL).eval(), card)
+    card = checkpoint.ModelCard(
+        "", SMALL_MODEL, epoch=0, history=[], preprocess=checkpoint.preprocess_settings(SMALL_MODEL)
+    )
+    checkpoint.write(f"{bucket}/model", ErosionCNN(SMALL_MODEL).eval(), card)
     registry = f"{bucket}/data/registry"
     return registry, f"{bucket}/model", sum(storage.row_counts(registry).values())
 
@@ -172,8 +169,23 @@ def test_score_job_submitted_with_the_token_commits_its_run_on_s3_and_without_it
     assert not leaked, "the token appears in the submit output or the head's logs"
 
 
-def test_a_local_ray_keeps_the_token_it_generated_private(ray_local):
-    token = Path.home() / ".ray" / "auth_token"
-    if not token.exists():
-        pytest.skip("this local Ray generated no token (RAY_AUTH_MODE=disabled)")
-    assert token.stat().st_mode & 0o077 == 0
+def test_a_local_ray_keeps_the_token_it_generated_private(tmp_path, monkeypatch):
+    """Ray 2.60 writes ``~/.ray/auth_token`` readable by everyone; starting a local Ray makes it 0600.
+
+    A temporary HOME holds a token as Ray leaves it (0644); ``ray.init`` is stubbed out, since this session's
+    local Ray may already run and a real one would start for seconds to touch nothing but this file.
+    """
+    token = tmp_path / ".ray" / "auth_token"
+    token.parent.mkdir()
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o644)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    started = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: started.append(kwargs))
+
+    runtime.init_ray(num_cpus=1)
+
+    assert [call["address"] for call in started] == ["local"]  # a local Ray, not a cluster
+    assert token.stat().st_mode & 0o777 == 0o600

@@ -1,5 +1,6 @@
 """The nightly job on a real local Ray: carry-over of unchanged joints, idempotent nights, one committed run each."""
 
+import dataclasses
 import os
 import shutil
 
@@ -7,14 +8,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import SMALL_MODEL
 
 from erosion.cli.main import main
 from erosion.io import runs, storage
-from erosion.model.network import ModelConfig
 from erosion.score import carry, scoring
 from erosion.workflows import nightly
-
-SMALL = ModelConfig(input_size=64, width=0.25)
 
 
 def test_carry_finds_exactly_the_fingerprints_it_holds():
@@ -70,7 +69,7 @@ def nights(ray_local, small_registry, untrained_model, tmp_path_factory) -> dict
     root = tmp_path_factory.mktemp("nightly")
     registry = root / "registry"
     shutil.copytree(f"{small_registry}/registry", registry)
-    model = untrained_model(root / "model", SMALL)
+    model = untrained_model(root / "model", SMALL_MODEL)
 
     def night(run_id: str, model: str = model) -> nightly.NightlyResult:
         settings = scoring.ScoreConfig(str(registry), model, str(root / "runs"), run_id=run_id)
@@ -91,7 +90,7 @@ def nights(ray_local, small_registry, untrained_model, tmp_path_factory) -> dict
     )
     pq.write_table(new, registry / "part-new.parquet")
     third = night("2026-11-23")
-    other = untrained_model(root / "model-2", ModelConfig(input_size=64, width=0.5))
+    other = untrained_model(root / "model-2", dataclasses.replace(SMALL_MODEL, width=0.5))
     fourth = night("2026-11-24", other)
     return {
         "root": root,
@@ -102,11 +101,14 @@ def nights(ray_local, small_registry, untrained_model, tmp_path_factory) -> dict
     }
 
 
+@pytest.mark.slow
 def test_the_second_night_carries_every_scored_joint_over_with_the_same_scores(nights):
     first, second = nights["nights"][:2]
     assert first.ran and second.ran
     m1, m2 = first.manifest, second.manifest
-    assert m1["carried"] == 0 and m1["carried_from"] is None and m1["rows"] == m1["rows"] - m1["failed"] > 0
+    assert m1["carried"] == 0 and m1["carried_from"] is None
+    assert m1["failed"] == 0
+    assert m1["rows"] > 0
     assert m2["carried"] == m1["rows"] - m1["failed"] and m2["carried_from"] == "2026-11-21"
     s1, s2 = _scores(first.run), _scores(second.run)
     assert s1.keys() == s2.keys()
@@ -119,6 +121,7 @@ def test_the_second_night_carries_every_scored_joint_over_with_the_same_scores(n
     assert {"python", "ray", "torch", "pyarrow"} <= set(m2["versions"])
 
 
+@pytest.mark.slow
 def test_the_same_night_twice_changes_nothing_and_makes_no_second_copy(nights):
     second, again = nights["nights"][1:3]
     assert not again.ran and again.manifest["committed_at"] == second.manifest["committed_at"]
@@ -127,6 +130,7 @@ def test_the_same_night_twice_changes_nothing_and_makes_no_second_copy(nights):
     assert not os.listdir(f"{nights['out']}/_staging")  # nothing left half-written
 
 
+@pytest.mark.slow
 def test_a_changed_image_and_new_joints_are_scored_and_the_rest_carried(nights):
     second, third = nights["nights"][1], nights["nights"][3]
     m = third.manifest
@@ -138,6 +142,7 @@ def test_a_changed_image_and_new_joints_are_scored_and_the_rest_carried(nights):
     assert sum(carried for _, carried, _ in s3.values()) == m["carried"]
 
 
+@pytest.mark.slow
 def test_a_new_model_version_scores_everything_anew(nights):
     third, fourth = nights["nights"][3], nights["nights"][4]
     assert fourth.manifest["model_version"] != third.manifest["model_version"]
@@ -145,6 +150,7 @@ def test_a_new_model_version_scores_everything_anew(nights):
     assert not any(carried for _, carried, _ in _scores(fourth.run).values())
 
 
+@pytest.mark.slow
 def test_runs_lists_every_committed_night_with_its_counts(nights, capsys):
     assert main(["runs", "--out", nights["out"]]) == 0
     lines = capsys.readouterr().out.splitlines()

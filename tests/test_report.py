@@ -10,12 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import s3fs
+from conftest import SMALL_MODEL
 from sklearn import metrics
 
 from erosion.cli.main import main
 from erosion.core.domain import ALL_JOINTS
 from erosion.io import runs, storage
-from erosion.model.network import ModelConfig
 from erosion.report import report, tables
 from erosion.score import scoring
 
@@ -35,7 +35,7 @@ def scored(ray_local, small_registry, untrained_model, tmp_path_factory) -> dict
     half = registry.num_rows // 2
     pq.write_table(registry.slice(0, half), folder / "registry" / "part-0.parquet")
     pq.write_table(registry.slice(half), folder / "registry" / "part-1.parquet")
-    model = untrained_model(folder / "model", ModelConfig(input_size=64, width=0.25))
+    model = untrained_model(folder / "model", SMALL_MODEL)
     run = scoring.score(scoring.ScoreConfig(str(folder / "registry"), model, str(folder / "runs"), run_id="night"))
     return {"run": run.run, "ratings": f"{small_registry}/ratings", "rows": registry.num_rows, "folder": folder}
 
@@ -57,10 +57,11 @@ def _stages(scored) -> tuple[pd.DataFrame, str]:
     return scores[["joint"]].assign(**{model: scores["ratingen_pred"]}).join(wide), model
 
 
+@pytest.mark.slow
 def test_every_file_is_written_and_every_input_row_is_accounted_for(scored, made):
     for name in TABLES:
         assert os.path.isfile(f"{made}/{name}.parquet"), name
-    assert runs.manifest(made)["kind"] == "report"
+    assert runs.manifest(made).kind == "report"
     pngs = sorted(os.listdir(f"{made}/figures"))
     assert len(pngs) == 7 and "venn.png" in pngs  # six pairs of four raters, and the Venn diagram
     for png in pngs:
@@ -77,6 +78,7 @@ def test_every_file_is_written_and_every_input_row_is_accounted_for(scored, made
     assert outcomes[("scores", "used")] == scored["rows"] - BROKEN
 
 
+@pytest.mark.slow
 def test_the_statistics_equal_scikit_learn_and_pingouin_on_an_independent_join(scored, made):
     stages, model = _stages(scored)
     pairs = pd.read_parquet(f"{made}/agreement.parquet")
@@ -139,6 +141,7 @@ class _Page(html.parser.HTMLParser):
             self.captions.append(data)
 
 
+@pytest.mark.slow
 def test_the_page_names_every_table_and_embeds_every_plot(scored, made):
     page = _Page()
     page.feed(open(f"{made}/report.html", encoding="utf-8").read())
@@ -149,7 +152,7 @@ def test_the_page_names_every_table_and_embeds_every_plot(scored, made):
     for name in TABLES:
         assert f"{name}.parquet" in text, name
     assert page.images == len(os.listdir(f"{made}/figures"))
-    assert runs.manifest(scored["run"])["model_version"] in text
+    assert runs.manifest(scored["run"]).model_version in text
     assert "night" in text and f"{scored['rows']:,}" in text
 
 
@@ -213,6 +216,7 @@ def test_pairs_without_common_joints_or_with_one_class_get_a_note_not_a_crash():
     assert icc["value"].isna().all() and icc["note"].str.contains("n >= 2").all()
 
 
+@pytest.mark.slow
 def test_a_failed_report_leaves_nothing_that_looks_complete(scored):
     out = f"{scored['folder']}/reports/failed"
     config = report.ReportConfig(scored["run"], scored["ratings"], out=out, venn=("registry", "nobody", "x"))
@@ -223,13 +227,14 @@ def test_a_failed_report_leaves_nothing_that_looks_complete(scored):
         report.report(report.ReportConfig(f"{scored['folder']}/runs/missing", scored["ratings"], out=out))
 
 
+@pytest.mark.slow
 def test_the_report_reads_and_writes_s3(scored, made, s3_bucket):
     fs = s3fs.S3FileSystem(use_listings_cache=False)
     fs.put(scored["run"], f"{s3_bucket}/runs/night", recursive=True)
     fs.put(scored["ratings"], f"{s3_bucket}/ratings", recursive=True)
     config = report.ReportConfig(f"{s3_bucket}/runs/night", f"{s3_bucket}/ratings", out=f"{s3_bucket}/reports/night")
     result = report.report(config)
-    assert runs.manifest(result.out)["kind"] == "report"
+    assert runs.manifest(result.out).kind == "report"
     local = pd.read_parquet(f"{made}/agreement.parquet")
     remote = storage.read_table(f"{result.out}/agreement.parquet").to_pandas()
     pd.testing.assert_frame_equal(local, remote)

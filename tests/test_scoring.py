@@ -14,8 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
+from conftest import SMALL_MODEL
 from PIL import Image
 
+from erosion.core.faults import Faults
 from erosion.core import domain, schema
 from erosion.io import runs, storage
 from erosion.model import augment, checkpoint
@@ -23,7 +25,7 @@ from erosion.model.network import ModelConfig, predict, probabilities
 from erosion.registry.preprocess import letterbox
 from erosion.score import scoring
 
-SMALL = ModelConfig(input_size=64, width=0.25)
+pytestmark = pytest.mark.slow  # every test scores on the session's local Ray
 
 
 def _encode(array: np.ndarray, fmt: str, **kwargs) -> bytes:
@@ -73,7 +75,7 @@ def _write_registry(folder, crops, files: int = 2) -> str:
 def hostile(tmp_path_factory, untrained_model) -> tuple[str, str]:
     """A registry of hostile crops and a model: (registry folder, model folder)."""
     root = tmp_path_factory.mktemp("hostile")
-    return _write_registry(root / "registry", _hostile_crops()), untrained_model(root / "model", SMALL)
+    return _write_registry(root / "registry", _hostile_crops()), untrained_model(root / "model", SMALL_MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +116,7 @@ def test_test_time_augmentation_scores_the_mean_over_fixed_views(ray_local, host
     model, _ = checkpoint.load(model_url)
     views = augment.views(3, seed=7)
     scored = [r for r in storage.read_table(f"{run}/scores").to_pylist() if r["error"] is None]
-    assert len(scored) == 6 and runs.manifest(run)["config"]["tta"] == 3
+    assert len(scored) == 6 and runs.manifest(run).config["tta"] == 3
     for row in scored:
         alone = probabilities(model, letterbox(crops[row["joint_id"]][2], 64)[None], views)[0]
         np.testing.assert_allclose(row["probs"], alone, atol=1e-5)
@@ -124,7 +126,7 @@ def test_test_time_augmentation_scores_the_mean_over_fixed_views(ray_local, host
 def test_a_cdf_head_scores_its_percent_and_the_percents_stage_beside_the_stage_probabilities(
     ray_local, hostile, untrained_model, tmp_path
 ):
-    model_url = untrained_model(tmp_path / "cdf", dataclasses.replace(SMALL, head="cdf"))
+    model_url = untrained_model(tmp_path / "cdf", dataclasses.replace(SMALL_MODEL, head="cdf"))
     config = scoring.ScoreConfig(hostile[0], model_url, str(tmp_path / "runs"), run_id="cdf", batch_size=4, tta=2)
     rows = storage.read_table(f"{scoring.score(config).run}/scores").to_pylist()
     crops = {c[0]: c for c in _hostile_crops()}
@@ -142,15 +144,15 @@ def test_a_cdf_head_scores_its_percent_and_the_percents_stage_beside_the_stage_p
 
 def test_the_run_is_committed_with_counts_reasons_and_rau(hostile_run):
     manifest = runs.manifest(hostile_run.run)
-    assert (manifest["rows"], manifest["scored"], manifest["failed"]) == (11, 6, 5)
-    assert manifest["errors"] == {
+    assert (manifest.rows["total"], manifest.rows["scored"], manifest.rows["failed"]) == (11, 6, 5)
+    assert manifest.errors == {
         "cannot decode image": 2,
         "empty image": 1,
         "unsupported format": 1,
         "invalid joint": 1,
     }
-    assert hostile_run.errors == manifest["errors"] and len(hostile_run.examples) == 5
-    assert sum(manifest["input_files"].values()) == 11 and manifest["model_version"] == hostile_run.model_version
+    assert hostile_run.errors == manifest.errors and len(hostile_run.examples) == 5
+    assert sum(manifest.input_rows.values()) == 11 and manifest.model_version == hostile_run.model_version
     scores = storage.read_table(f"{hostile_run.run}/scores")
     visit = storage.read_table(f"{hostile_run.run}/rau").to_pylist()
     assert len(visit) == 1
@@ -168,7 +170,7 @@ def test_scoring_reads_and_writes_s3(hostile, hostile_run, s3_bucket):
     fs.put(model, f"{s3_bucket[5:]}/model", recursive=True)
     config = scoring.ScoreConfig(f"{s3_bucket}/registry", f"{s3_bucket}/model", f"{s3_bucket}/runs", run_id="s3")
     result = scoring.score(config)
-    assert result.run == f"{s3_bucket}/runs/s3" and runs.manifest(result.run)["rows"] == 11
+    assert result.run == f"{s3_bucket}/runs/s3" and runs.manifest(result.run).rows["total"] == 11
     remote = storage.read_table(f"{result.run}/scores").sort_by("joint_id")
     local = storage.read_table(f"{hostile_run.run}/scores").sort_by("joint_id")
     floats = ["run_id", "probs", "ratingen_expected"]  # batches of another size round differently
@@ -183,7 +185,7 @@ def test_scoring_reads_and_writes_s3(hostile, hostile_run, s3_bucket):
 def test_a_retried_task_neither_drops_nor_duplicates_a_row(ray_local, small_registry, hostile, tmp_path):
     marker = tmp_path / "crashed"
     config = scoring.ScoreConfig(
-        f"{small_registry}/registry", hostile[1], str(tmp_path / "out"), run_id="r", crash_decode_once=str(marker)
+        f"{small_registry}/registry", hostile[1], str(tmp_path / "out"), run_id="r", faults=Faults(crash_decode_once=str(marker))
     )
     result = scoring.score(config)
     assert marker.exists()  # a decode task's worker died once, and Ray ran the task again
@@ -229,7 +231,7 @@ def test_a_killed_run_commits_nothing_and_the_rerun_commits_everything(
         runs.manifest(str(out / "night"))
 
     result = scoring.score(scoring.ScoreConfig(str(registry), model, str(out), run_id="night", batch_size=64))
-    assert runs.manifest(result.run)["rows"] == 400 and result.scored == 400
+    assert runs.manifest(result.run).rows["total"] == 400 and result.scored == 400
     ids = storage.read_table(f"{result.run}/scores", ["joint_id"])["joint_id"].to_pylist()
     assert len(ids) == len(set(ids)) == 400
     assert not (out / "_staging" / "night").exists()

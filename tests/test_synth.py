@@ -20,10 +20,11 @@ def big_registry(tmp_path_factory):
     """>= 10^4 joints (150 patients, ~3.5 visits, 20 joints a visit)."""
     out = str(tmp_path_factory.mktemp("big"))
     manifest = synth.generate(synth.SynthConfig(patients=150, out=out, seed=11, rows_per_file=4_000))
-    assert manifest["rows"]["registry"] >= 10_000
+    assert manifest.rows["registry"] >= 10_000
     return out
 
 
+@pytest.mark.slow
 def test_class_mix_follows_table_1_within_stated_tolerance(big_registry):
     # Joints of a patient are correlated, so 150 patients vary more than 10^4 independent joints would:
     # stages 0 and 1 within 3 points, the rare stages within 1 point.
@@ -34,11 +35,13 @@ def test_class_mix_follows_table_1_within_stated_tolerance(big_registry):
     assert (share > 0).all()
 
 
+@pytest.mark.slow
 def test_true_stage_is_the_stage_of_the_true_pct(big_registry):
     truth = storage.read_table(f"{big_registry}/truth")
     np.testing.assert_array_equal(domain.ratingen_stage(truth["erosion_pct"].to_numpy()), truth["ratingen"].to_numpy())
 
 
+@pytest.mark.slow
 def test_erosion_never_heals_over_a_patients_visits(big_registry):
     registry = storage.read_table(
         f"{big_registry}/registry", columns=["joint_id", "patient_id", "visit_date", "body_part", "joint"]
@@ -50,12 +53,14 @@ def test_erosion_never_heals_over_a_patients_visits(big_registry):
     assert frame.groupby("patient_id")["visit_date"].nunique().between(1, 6).all()
 
 
+@pytest.mark.slow
 def test_ten_joints_per_radiograph(big_registry):
     registry = storage.read_table(f"{big_registry}/registry", columns=["sop_iuid", "joint"]).to_pandas()
     per_radiograph = registry.groupby("sop_iuid")["joint"].agg(["count", "nunique"])
     assert (per_radiograph["count"] == 10).all() and (per_radiograph["nunique"] == 10).all()
 
 
+@pytest.mark.slow
 def test_pairwise_quadratic_kappa_of_the_raters_is_near_the_papers(big_registry):
     ratings = storage.read_table(f"{big_registry}/ratings").to_pandas()
     wide = ratings.pivot(index="joint_id", columns="rater", values="ratingen")
@@ -67,6 +72,7 @@ def test_pairwise_quadratic_kappa_of_the_raters_is_near_the_papers(big_registry)
         assert 0.5 <= kappa <= 0.75, (a, b, kappa)
 
 
+@pytest.mark.slow
 def test_crops_mix_formats_sizes_and_bit_depths(big_registry):
     images = storage.read_table(f"{big_registry}/registry", columns=["image"])["image"].slice(0, 600).to_pylist()
     formats, modes, sizes = set(), set(), set()
@@ -102,8 +108,8 @@ def test_another_seed_gives_other_patients(tmp_path):
 
 def test_writes_to_s3(s3_bucket):
     manifest = synth.generate(synth.SynthConfig(patients=2, out=f"{s3_bucket}/reg", seed=1))
-    assert storage.read_table(f"{s3_bucket}/reg/ratings").num_rows == manifest["rows"]["ratings"]
-    assert storage.read_json(f"{s3_bucket}/reg/manifest.json")["rows"] == manifest["rows"]
+    assert storage.read_table(f"{s3_bucket}/reg/ratings").num_rows == manifest.rows["ratings"]
+    assert storage.read_json(f"{s3_bucket}/reg/manifest.json")["rows"] == manifest.rows
 
 
 _PEAK = """

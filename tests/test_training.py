@@ -13,17 +13,18 @@ import numpy as np
 import pytest
 import ray
 import torch
+from conftest import SMALL_MODEL
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 
+from erosion.core.faults import Faults
 from erosion.core.split import split_of
 from erosion.io import storage
 from erosion.model import checkpoint
-from erosion.model.network import ModelConfig
 from erosion.registry import synth
 from erosion.registry.preprocess import letterbox_batch
 from erosion.train import evaluate, labelled, training
 
-SMALL = ModelConfig(input_size=64, width=0.25)
+pytestmark = pytest.mark.slow  # every test trains on the session's local Ray
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def train_registry(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def _config(registry: str, out: str, name: str, **changes) -> training.TrainConfig:
     labels = labelled.LabelSet(f"{registry}/registry", f"{registry}/ratings")
-    return training.TrainConfig(data=labels, out=out, name=name, batch_size=32, model=SMALL, **changes)
+    return training.TrainConfig(data=labels, out=out, name=name, batch_size=32, model=SMALL_MODEL, **changes)
 
 
 def _split(registry: str, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -44,7 +45,7 @@ def _split(registry: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     ratings = storage.read_table(f"{registry}/ratings").to_pandas()
     stages = ratings[ratings["rater"] == "registry"].set_index("joint_id")["ratingen"]
     rows = rows[rows["patient_id"].map(lambda p: split_of(p, 0)) == split]
-    pixels, errors = letterbox_batch(rows["image"].tolist(), SMALL.input_size)
+    pixels, errors = letterbox_batch(rows["image"].tolist(), SMALL_MODEL.input_size)
     assert not any(errors)
     return pixels, stages.loc[rows["joint_id"]].to_numpy()
 
@@ -104,7 +105,7 @@ def test_training_learns_and_publishes_a_model_that_loads_without_ray(ray_local,
 
 
 def test_a_worker_that_dies_is_replaced_and_no_epoch_is_lost(ray_local, train_registry, s3_bucket):
-    config = _config(train_registry, s3_bucket, "faulty", epochs=3, fail_at_epoch=1, max_failures=1)
+    config = _config(train_registry, s3_bucket, "faulty", epochs=3, faults=Faults(fail_at_epoch=1), max_failures=1)
     result = training.train(config)
     history = result.card.history
     assert [h["epoch"] for h in history] == [0, 1, 2]

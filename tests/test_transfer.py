@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import SMALL_MODEL
 
 from erosion.model import checkpoint
 from erosion.model.augment import NO_AUGMENTATION
@@ -41,6 +42,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: str) -
     return all(torch.equal(a[name], b[name]) for name in names)
 
 
+@pytest.mark.slow
 def test_vgg16_takes_grey_crops_as_imagenet_normalised_rgb():
     torch.manual_seed(0)
     model = build_model(VGG).eval()
@@ -63,6 +65,7 @@ def test_vgg16_takes_grey_crops_as_imagenet_normalised_rgb():
         ModelConfig(arch="vgg16", input_size=16)
 
 
+@pytest.mark.slow
 def test_pretrained_weights_are_read_from_a_local_file_into_all_but_the_last_layer(weights_file):
     torch.manual_seed(0)
     model = ErosionVGG16(VGG)
@@ -88,6 +91,7 @@ def test_without_a_weights_file_vgg16_says_it_starts_from_random_weights(caplog)
     assert "random weights" not in caplog.text  # the CNN always starts from random weights, as in the paper
 
 
+@pytest.mark.slow
 def test_a_vgg16_checkpoint_loads_and_cnn_versions_are_as_before_arch(tmp_path):
     torch.manual_seed(0)
     model = build_model(VGG).eval()
@@ -97,7 +101,7 @@ def test_a_vgg16_checkpoint_loads_and_cnn_versions_are_as_before_arch(tmp_path):
     assert isinstance(loaded, ErosionVGG16) and loaded_card == card
     assert _same(loaded.state_dict(), model.state_dict(), "")
     # A CNN card written before ``arch`` existed has no such field: it still loads, with the same version.
-    cnn = ModelConfig(input_size=64, width=0.25)
+    cnn = SMALL_MODEL
     checkpoint.write(str(tmp_path / "cnn"), build_model(cnn), checkpoint.ModelCard("", cnn, epoch=0, history=[]))
     content = json.loads((tmp_path / "cnn" / checkpoint.CARD).read_text())
     del content["model"]["arch"], content["pretrained"]

@@ -59,6 +59,12 @@ SCORES = pa.schema(
 PREDICTION_WIDTH = NUM_STAGES + 1
 """A model's prediction of one crop as scoring moves it: P(stage 0..5), then the predicted % (NaN: stages head)."""
 
+PREDICTION_PROBS = slice(0, NUM_STAGES)
+"""The columns of a prediction that hold P(stage 0..5): ``prediction[:, PREDICTION_PROBS]``."""
+
+PREDICTION_PCT = NUM_STAGES
+"""The column of a prediction that holds the predicted % eroded surface: ``prediction[:, PREDICTION_PCT]``."""
+
 KEY = "joint_id"
 
 _COMPATIBLE = {

@@ -9,11 +9,63 @@ Local folders and ``s3://`` URLs alike (on S3 the move is a copy and delete, hen
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import posixpath
+from dataclasses import dataclass, field
 
 from erosion.io import storage
 
 MANIFEST = "manifest.json"
+
+
+@dataclass
+class RunManifest:
+    """What a run made and from what: ``manifest.json`` of a run folder (score, nightly, report) or of a
+    registry (synth, ingest). The keys are these fields; ``run`` is where it was read from, never written."""
+
+    kind: str  # synth, ingest, score, nightly or report
+    run_id: str = ""
+    committed_at: str = ""  # UTC, ISO 8601
+    rows: dict[str, int] = field(
+        default_factory=dict
+    )  # counts; a scoring run's: total, scored, failed, carried, visits
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time by phase, and "total"
+    config: dict = field(default_factory=dict)  # the settings it was made with (injected faults never)
+    model: str = ""  # the checkpoint scored with
+    model_version: str = ""
+    model_epoch: int = -1
+    registry: str = ""
+    ratings: str = ""
+    raters: list[str] = field(default_factory=list)
+    scores: str = ""  # a report's scoring run
+    input_rows: dict[str, int] = field(default_factory=dict)  # registry file -> rows, as scored
+    inputs: dict = field(default_factory=dict)  # the nightly's snapshot of the registry's files
+    carried_from: str | None = None  # the run whose scores of unchanged joints were carried over
+    errors: dict[str, int] = field(default_factory=dict)  # failed rows by reason
+    outputs: dict[str, str] = field(default_factory=dict)  # what -> path inside the folder
+    files: dict[str, int] = field(default_factory=dict)  # table -> Parquet files written
+    versions: dict[str, str] = field(default_factory=dict)  # of the libraries that made it
+    run: str = ""  # where it was read from (not written)
+
+    def to_json(self) -> dict:
+        """The manifest as written."""
+        content = dataclasses.asdict(self)
+        content.pop("run")
+        return content
+
+    @classmethod
+    def from_json(cls, content: dict, run: str = "") -> RunManifest:
+        """A manifest as read; a key it does not know is an error (a manifest of another version)."""
+        unknown = set(content) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"{run or 'a manifest'}: unknown manifest keys {sorted(unknown)}.")
+        return cls(**content, run=run)
+
+
+def now() -> str:
+    """The commit time as manifests record it: UTC, ISO 8601, to the second."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def run_url(out: str, run_id: str) -> str:
@@ -33,7 +85,7 @@ def begin(out: str, run_id: str, options: storage.StorageOptions | None = None) 
     return url
 
 
-def commit(out: str, run_id: str, manifest: dict, options: storage.StorageOptions | None = None) -> str:
+def commit(out: str, run_id: str, manifest: RunManifest, options: storage.StorageOptions | None = None) -> str:
     """Move the run's staging folder into place and write its manifest last; returns the run's URL."""
     fs, staging = storage.filesystem(posixpath.join(out, "_staging", run_id), options)
     _, final = storage.filesystem(run_url(out, run_id), options)
@@ -47,19 +99,19 @@ def commit(out: str, run_id: str, manifest: dict, options: storage.StorageOption
         fs.mv(file, target)
     if fs.exists(staging):  # local folders stay behind empty; on S3 nothing is left
         fs.rm(staging, recursive=True)
-    storage.write_json(f"{run_url(out, run_id)}/{MANIFEST}", manifest, options)
+    storage.write_json(f"{run_url(out, run_id)}/{MANIFEST}", manifest.to_json(), options)
     return run_url(out, run_id)
 
 
-def manifest(run: str, options: storage.StorageOptions | None = None) -> dict:
+def manifest(run: str, options: storage.StorageOptions | None = None) -> RunManifest:
     """The manifest of a committed run; FileNotFoundError if the run is missing or was never committed."""
     fs, path = storage.filesystem(f"{run.rstrip('/')}/{MANIFEST}", options)
     if not fs.exists(path):
         raise FileNotFoundError(f"{run} is not a committed run (no {MANIFEST}).")
-    return storage.read_json(f"{run.rstrip('/')}/{MANIFEST}", options)
+    return RunManifest.from_json(storage.read_json(f"{run.rstrip('/')}/{MANIFEST}", options), run)
 
 
-def committed(out: str, options: storage.StorageOptions | None = None) -> list[dict]:
+def committed(out: str, options: storage.StorageOptions | None = None) -> list[RunManifest]:
     """The manifests of every committed run under ``out``, oldest commit first (staging and unfinished runs skipped)."""
     fs, path = storage.filesystem(out, options)
     if not fs.exists(path):
@@ -68,5 +120,5 @@ def committed(out: str, options: storage.StorageOptions | None = None) -> list[d
     for child in fs.ls(path, detail=False):
         name = posixpath.basename(child.rstrip("/"))
         if not name.startswith(("_", ".")) and fs.exists(f"{child}/{MANIFEST}"):
-            found.append(manifest(run_url(out, name), options) | {"run": run_url(out, name)})
-    return sorted(found, key=lambda m: (m.get("committed_at", ""), m.get("run_id", "")))
+            found.append(manifest(run_url(out, name), options))
+    return sorted(found, key=lambda m: (m.committed_at, m.run_id))

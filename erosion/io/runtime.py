@@ -2,27 +2,59 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+import warnings
 from pathlib import Path
 
 import ray
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None = None, num_cpus: int | None = None, verbose: bool = False) -> None:
     """Join ``address`` (or ``$RAY_ADDRESS``, as set by ``ray job submit``); otherwise start a local Ray.
 
     A local Ray listens on 127.0.0.1 only (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``), and ``address="local"``
     keeps it from joining a stale cluster recorded under /tmp/ray. Ray 2.60 turns token authentication on for a
     new local Ray and writes the token it generates to ``~/.ray/auth_token`` readable by everyone: it is made 0600.
+    Unless ``verbose``, Ray's own logs go only to its log files (see :func:`quiet`).
     """
+    quiet(verbose)
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address)
+        ray.init(address=address, logging_config=_logging(verbose), log_to_driver=verbose)
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, configure_logging=False)
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        configure_logging=False,
+        logging_config=_logging(verbose),
+        log_to_driver=verbose,
+    )
     token = Path.home() / ".ray" / "auth_token"
     if token.exists() and token.stat().st_mode & 0o077:
         token.chmod(0o600)
+
+
+def quiet(verbose: bool = False) -> None:
+    """Keep Ray's log lines (all but its errors), deprecation warnings and progress bars off the terminal; the
+    workers' output stays in Ray's log files under /tmp/ray. ``verbose`` lets them through, progress bars on a
+    terminal only."""
+    from ray.data import DataContext
+
+    level = logging.INFO if verbose else logging.ERROR
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(level)
+    DataContext.get_current().enable_progress_bars = verbose and sys.stderr.isatty()
+    if not verbose:
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="ray")
+        warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
+
+
+def _logging(verbose: bool) -> ray.LoggingConfig:
+    """The log level of Ray's worker processes."""
+    return ray.LoggingConfig(encoding="TEXT", log_level="INFO" if verbose else "WARNING")

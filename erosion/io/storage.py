@@ -21,14 +21,20 @@ import pyarrow as pa
 import pyarrow.fs
 import pyarrow.parquet as pq
 
+from erosion.core.settings import setting
+
 
 @dataclass(frozen=True)
 class StorageOptions:
     """Overrides of the AWS environment for ``s3://`` URLs; None keeps what the environment says."""
 
-    endpoint_url: str | None = None  # an S3-compatible server, e.g. http://127.0.0.1:9000
-    region: str | None = None  # e.g. eu-central-1
-    profile: str | None = None  # a profile of ~/.aws/credentials
+    endpoint_url: str | None = setting(
+        "an S3-compatible server, e.g. http://127.0.0.1:9000 (default: $AWS_ENDPOINT_URL or AWS)",
+        None,
+        flag="s3-endpoint",
+    )
+    region: str | None = setting("e.g. eu-central-1 (default: $AWS_REGION)", None, flag="s3-region")
+    profile: str | None = setting("a profile of ~/.aws/credentials", None, flag="aws-profile")
 
 
 def filesystem(url: str, options: StorageOptions | None = None) -> tuple[fsspec.AbstractFileSystem, str]:

@@ -15,16 +15,18 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from erosion.core.settings import setting
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
     """Strengths of the random transforms; the defaults are the paper's."""
 
-    rotation_deg: float = 30.0  # rotation drawn from [-rotation_deg, +rotation_deg]
-    stretch: float = 0.1  # width and height each scaled by a factor in [1 - stretch, 1 + stretch]
-    shear: float = 0.1  # horizontal shear factor in [-shear, +shear]
-    zoom: float = 0.1  # both axes scaled by one factor in [1 - zoom, 1 + zoom]
-    flip_probability: float = 0.5  # of a horizontal flip, and independently of a vertical one
+    rotation_deg: float = setting("rotation drawn from [-rotation_deg, +rotation_deg]", 30.0)
+    stretch: float = setting("width and height each scaled by a factor in [1 - stretch, 1 + stretch]", 0.1)
+    shear: float = setting("horizontal shear factor in [-shear, +shear]", 0.1)
+    zoom: float = setting("both axes scaled by one factor in [1 - zoom, 1 + zoom]", 0.1)
+    flip_probability: float = setting("of a horizontal flip, and independently of a vertical one", 0.5)
 
 
 NO_AUGMENTATION = AugmentConfig(rotation_deg=0.0, stretch=0.0, shear=0.0, zoom=0.0, flip_probability=0.0)

@@ -32,7 +32,8 @@ from torch import nn
 from torchvision.models import vgg16
 
 from erosion.core.domain import NUM_STAGES
-from erosion.core.schema import PREDICTION_WIDTH
+from erosion.core.schema import PREDICTION_PROBS, PREDICTION_WIDTH
+from erosion.core.settings import setting
 from erosion.model import cdf
 from erosion.model.augment import transform
 
@@ -47,11 +48,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class ModelConfig:
     """The architecture's knobs; the defaults are the paper's."""
 
-    input_size: int = 150  # crops are letterboxed to input_size x input_size
-    width: float = 1.0  # multiplies every filter and unit count (0.5: half width); the CNN only
-    dropout: float = 0.5  # in the two dense blocks (VGG16: in its classifier's two)
-    arch: str = "cnn"  # "cnn": the paper's CNN; "vgg16": torchvision's VGG16
-    head: str = "stages"  # "stages": six stage logits (the paper's); "cdf": 101 bins of % eroded (the thesis's)
+    input_size: int = setting("crops are letterboxed to input_size x input_size", 150)
+    width: float = setting("multiplies every filter and unit count (0.5: half width); the CNN only", 1.0)
+    dropout: float = setting("in the two dense blocks (VGG16: in its classifier's two)", 0.5)
+    arch: str = setting("cnn: the paper's CNN; vgg16: torchvision's VGG16", "cnn", choices=ARCHITECTURES)
+    head: str = setting(
+        "stages: six stage logits (the paper's); cdf: 101 bins of % eroded (the thesis's)",
+        "stages",
+        choices=tuple(HEADS),
+    )
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -188,7 +193,7 @@ def predict(model: nn.Module, pixels: np.ndarray, views: torch.Tensor | None = N
 
 def probabilities(model: nn.Module, pixels: np.ndarray, views: torch.Tensor | None = None) -> np.ndarray:
     """(N, 6) float32 stage probabilities of (N, S, S) uint8 crops (:func:`predict` without the %)."""
-    return predict(model, pixels, views)[:, :NUM_STAGES]
+    return predict(model, pixels, views)[:, PREDICTION_PROBS]
 
 
 def stage_logits(outputs: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,8 @@ import pandas as pd
 import pyarrow as pa
 
 from erosion.core import domain, schema
-from erosion.io import storage
+from erosion.core.settings import setting
+from erosion.io import runs, storage
 from erosion.registry.preprocess import letterbox
 
 
@@ -71,17 +72,21 @@ def load_column_map(path: str | None) -> ColumnMap:
 class IngestConfig:
     """One ingest: where the export is, how to read it, where the registry goes."""
 
-    labels: str  # the CSV file (local or s3://)
-    images: str  # the folder of crops (local or s3://)
-    out: str  # receives registry/, ratings/, ingest_errors/ and manifest.json
-    form: str = "wide"  # "wide" (a row per radiograph) or "long" (a row per joint)
-    label_kind: str = "pct"  # "pct": labels are % eroded surface; "stage": Ratingen stages 0-5
-    rater: str = "registry"  # the rater of the labels, unless a long-form rater column says otherwise
-    image_name: str = "{sop_iuid}_{joint}.jpg"  # crop file under images/; fields: sop_iuid, body_part, joint
-    date_format: str | None = None  # strptime format of the dates; None reads ISO 8601 (2019-03-14)
-    columns: ColumnMap = field(default_factory=ColumnMap)
-    rows_per_file: int = 5_000  # joints per registry Parquet file
-    chunk_rows: int = 1_000  # CSV rows read at a time
+    labels: str = setting("the CSV file (local or s3://)")
+    images: str = setting("the folder of crops (local or s3://)")
+    out: str = setting("receives registry/, ratings/, ingest_errors/ and manifest.json")
+    form: str = setting("wide (a row per radiograph) or long (a row per joint)", "wide", choices=("wide", "long"))
+    label_kind: str = setting(
+        "pct: labels are % eroded surface; stage: Ratingen stages 0-5", "pct", choices=("pct", "stage")
+    )
+    rater: str = setting("the rater of the labels, unless a long-form rater column says otherwise", "registry")
+    image_name: str = setting("crop file under images/; fields: sop_iuid, body_part, joint", "{sop_iuid}_{joint}.jpg")
+    date_format: str | None = setting("strptime format of the dates; None reads ISO 8601 (2019-03-14)", None)
+    columns: ColumnMap = setting(
+        "a JSON file mapping CSV columns (see README)", factory=ColumnMap, parse=load_column_map
+    )
+    rows_per_file: int = setting("joints per registry Parquet file", 5_000)
+    chunk_rows: int = setting("CSV rows read at a time", 1_000)
 
 
 @dataclass
@@ -106,7 +111,7 @@ class _Record:
 ERRORS = pa.schema([("line", pa.int64()), ("key", pa.string()), ("column", pa.string()), ("reason", pa.string())])
 
 
-def ingest(config: IngestConfig, options: storage.StorageOptions | None = None) -> dict:
+def ingest(config: IngestConfig, options: storage.StorageOptions | None = None) -> runs.RunManifest:
     """Ingest the export; returns (and writes as manifest.json) the counts of ingested and rejected rows."""
     if config.form not in ("wide", "long") or config.label_kind not in ("pct", "stage"):
         raise ValueError(
@@ -158,11 +163,13 @@ def ingest(config: IngestConfig, options: storage.StorageOptions | None = None) 
                 )
     for writer in (registry, ratings, errors):
         writer.close()
-    manifest = {
-        "config": asdict(config),
-        "rows": {"registry": registry.rows, "ratings": ratings.rows, "errors": errors.rows},
-    }
-    storage.write_json(f"{out}/manifest.json", manifest, options)
+    manifest = runs.RunManifest(
+        kind="ingest",
+        committed_at=runs.now(),
+        rows={"registry": registry.rows, "ratings": ratings.rows, "errors": errors.rows},
+        config=asdict(config),
+    )
+    storage.write_json(f"{out}/{runs.MANIFEST}", manifest.to_json(), options)
     return manifest
 
 

@@ -30,7 +30,8 @@ import pyarrow as pa
 from PIL import Image
 
 from erosion.core import domain, schema
-from erosion.io import storage
+from erosion.core.settings import setting
+from erosion.io import runs, storage
 from erosion.registry.phantom import render_joint
 
 TABLE1_MIX = (0.675, 0.272, 0.023, 0.010, 0.006, 0.014)
@@ -63,19 +64,21 @@ RATERS = (
 class SynthConfig:
     """What the synthetic registry looks like and where it goes."""
 
-    patients: int  # number of patients; each has 1..max_visits visits
-    out: str  # folder (local or s3://) that receives registry/, ratings/, truth/ and manifest.json
-    seed: int = 0  # the same seed gives the same bytes
-    class_mix: tuple[float, ...] = TABLE1_MIX  # stage 0..5 fractions over all joints
-    hands: tuple[str, ...] = ("hand_left", "hand_right")  # one radiograph per hand per visit
-    max_visits: int = 6  # visits per patient are uniform in 1..max_visits, months to years apart
-    rescored_fraction: float = 0.1  # chance that the two re-scorers also rate a radiograph ...
-    rescore_enrichment: float = 5.0  # ... times this when it shows erosion of stage 2 or more
-    rows_per_file: int = 5_000  # joints per Parquet file: bounds memory and file size
-    jpeg_share: float = 0.8  # the rest is split 60/40 between 8-bit and 16-bit PNG
+    patients: int = setting("number of patients; each has 1..max_visits visits")
+    out: str = setting("folder (local or s3://) that receives registry/, ratings/, truth/ and manifest.json")
+    seed: int = setting("the same seed gives the same bytes", 0)
+    class_mix: tuple[float, ...] = setting("stage 0..5 fractions over all joints", TABLE1_MIX)
+    hands: tuple[str, ...] = setting("comma-separated; one radiograph per hand per visit", ("hand_left", "hand_right"))
+    max_visits: int = setting("visits per patient are uniform in 1..max_visits, months to years apart", 6)
+    rescored_fraction: float = setting("chance that the two re-scorers also rate a radiograph", 0.1)
+    rescore_enrichment: float = setting(
+        "the re-scoring chance times this for a radiograph with erosion of stage 2 or more", 5.0
+    )
+    rows_per_file: int = setting("joints per Parquet file: bounds memory and file size", 5_000)
+    jpeg_share: float = setting("share of JPEG crops; the rest is split 60/40 between 8-bit and 16-bit PNG", 0.8)
 
 
-def generate(config: SynthConfig, options: storage.StorageOptions | None = None) -> dict:
+def generate(config: SynthConfig, options: storage.StorageOptions | None = None) -> runs.RunManifest:
     """Write the registry, its ratings and the ground truth; returns the manifest (also written as JSON)."""
     _check(config)
     started = time.perf_counter()
@@ -94,14 +97,15 @@ def generate(config: SynthConfig, options: storage.StorageOptions | None = None)
             writers[name].write(table)
     files = {name: writer.close() for name, writer in writers.items()}
     seconds = time.perf_counter() - started
-    manifest = {
-        "config": asdict(config),
-        "rows": {name: writer.rows for name, writer in writers.items()},
-        "files": {name: len(paths) for name, paths in files.items()},
-        "seconds": round(seconds, 2),
-        "joints_per_second": round(writers["registry"].rows / seconds, 1),
-    }
-    storage.write_json(f"{config.out.rstrip('/')}/manifest.json", manifest, options)
+    manifest = runs.RunManifest(
+        kind="synth",
+        committed_at=runs.now(),
+        rows={name: writer.rows for name, writer in writers.items()},
+        seconds={"total": round(seconds, 2)},
+        config=asdict(config),
+        files={name: len(paths) for name, paths in files.items()},
+    )
+    storage.write_json(f"{config.out.rstrip('/')}/{runs.MANIFEST}", manifest.to_json(), options)
     return manifest
 
 

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from erosion.core import domain, schema
+from erosion.core.settings import setting
 from erosion.io import storage
 
 _VALID_PAIRS = pa.array([f"{b}/{j}" for b in domain.BODY_PARTS for j in domain.joints_of(b)])
@@ -97,6 +98,28 @@ def ratings_row_problems(batch: pa.RecordBatch | pa.Table) -> Iterator[tuple[int
                 "ratingen",
                 f"ratingen {stage[i].as_py()} contradicts erosion_pct {pct[i].as_py()} (stage {expected})",
             )
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    """What to check, and where the problems go."""
+
+    registry: str = setting("the registry table (local folder or s3:// URL)")
+    ratings: str = setting("the ratings table, checked too (default: none)", "")
+    report: str = setting("write the problems here as Parquet (default: nowhere)", "")
+    options: storage.StorageOptions = setting("S3 settings", factory=storage.StorageOptions)
+
+
+def validate(config: ValidateConfig) -> list[Report]:
+    """The registry's report, then the ratings' (their joints checked against the registry); written as Parquet
+    to ``config.report`` when it is given."""
+    registry, ids = validate_registry(config.registry, config.options)
+    reports = [registry] + ([validate_ratings(config.ratings, ids, config.options)] if config.ratings else [])
+    if config.report:
+        with storage.TableWriter(config.report, PROBLEMS, options=config.options) as writer:
+            for report in reports:
+                writer.write(report.to_table())
+    return reports
 
 
 def validate_registry(url: str, options: storage.StorageOptions | None = None) -> tuple[Report, set[str]]:

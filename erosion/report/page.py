@@ -16,6 +16,7 @@ from erosion.core.domain import ALL_JOINTS
 from erosion.report import figures
 
 if TYPE_CHECKING:
+    from erosion.io.runs import RunManifest
     from erosion.report.cam import Explanation
     from erosion.report.tables import Tables
 
@@ -36,7 +37,7 @@ dt { font-weight: 600; } figure { margin: 1em 0; } img { max-width: 100%; }
 class Context:
     """What the page says about the run besides its tables."""
 
-    run: dict  # the scoring run's manifest
+    run: RunManifest  # the scoring run's manifest
     model: str  # the model's name as a rater
     split: str
     split_seed: int
@@ -100,7 +101,7 @@ def render(
         if name in plots:
             parts.append(_figure(plots[name], f"{row.rater} against {row.reference}, all joints (n = {row.n:,})."))
     parts += [_cam_section(explained, context.model, humans), _reading(), _notes(pairs)]
-    title = f"Erosion agreement report, run {html.escape(str(context.run.get('run_id', '')))}"
+    title = f"Erosion agreement report, run {html.escape(context.run.run_id)}"
     body = "\n".join(p for p in parts if p)
     return f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>' + (
         f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n"
@@ -117,12 +118,12 @@ def interval(value: float, low: float, high: float, form: str = "{:.3f}") -> str
 def _facts(context: Context, joints: str, humans: list[str]) -> str:
     run = context.run
     facts = {
-        "Scoring run": run.get("run_id", ""),
-        "Model version": f"{run.get('model_version', '')} (shown as \u201c{context.model}\u201d)",
-        "Scored at": run.get("committed_at", ""),
+        "Scoring run": run.run_id,
+        "Model version": f"{run.model_version} (shown as \u201c{context.model}\u201d)",
+        "Scored at": run.committed_at,
         "Report made": context.made,
-        "Registry rows in the run": f"{run.get('rows', 0):,} ({run.get('scored', 0):,} scored, "
-        f"{run.get('failed', 0):,} could not be scored)",
+        "Registry rows in the run": f"{run.rows.get('total', 0):,} ({run.rows.get('scored', 0):,} scored, "
+        f"{run.rows.get('failed', 0):,} could not be scored)",
         "Joints compared": joints + ("" if context.split == "all" else f" (split seed {context.split_seed})"),
         "Human raters": ", ".join(humans),
     }

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import posixpath
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 
 from erosion.core import agreement
 from erosion.core.domain import ALL_JOINTS
+from erosion.core.settings import setting
 from erosion.core.split import SPLITS
 from erosion.io import runs, storage
 from erosion.model import checkpoint
@@ -36,16 +37,18 @@ from erosion.report import cam, figures, page, tables
 class ReportConfig:
     """What to report on and where the report goes."""
 
-    scores: str  # a committed scoring run, <out>/<run_id>
-    ratings: str  # the ratings table (one row per joint and rater)
-    out: str = ""  # the report's folder; default <scores>/report
-    split: str = "all"  # "all" or one of the patient splits (train, val, test) of split_seed
-    split_seed: int = 0
-    icc_form: str = "ICC2"  # the form the page reports; the Parquet table has all six
-    venn: tuple[str, ...] = ()  # three raters; default the model and the two human raters with most joints in common
-    cam: int = 0  # Grad-CAM heat maps of this many most disagreed-on joints (0: none)
-    registry: str = ""  # the registry table the heat maps' crops come from; default the run's registry
-    options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
+    scores: str = setting("a committed scoring run, <out>/<run_id>")
+    ratings: str = setting("the ratings table (one row per joint and rater)")
+    out: str = setting("the report's folder; default <scores>/report", "")
+    split: str = setting("only the joints of one patient split of split_seed", "all", choices=("all", *SPLITS))
+    split_seed: int = setting("the seed of the patient split", 0)
+    icc_form: str = setting(
+        "the form the page reports; the Parquet table has all six", "ICC2", choices=tuple(agreement.ICC_FORMS)
+    )
+    venn: tuple[str, ...] = setting("three comma-separated raters (default: the model and two humans)", ())
+    cam: int = setting("Grad-CAM heat maps of this many most disagreed-on joints (0: none)", 0)
+    registry: str = setting("the registry table the heat maps' crops come from; default the run's registry", "")
+    options: storage.StorageOptions = setting("S3 settings", factory=storage.StorageOptions)
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ class ReportResult:
     tables: tables.Tables
 
 
-def build(config: ReportConfig, folder: str, run: dict | None = None) -> ReportResult:
+def build(config: ReportConfig, folder: str, run: runs.RunManifest | None = None) -> ReportResult:
     """Read the run and the ratings, write every table, plot and the page into ``folder``.
 
     ``run`` is the scoring run's manifest, for a run that is not committed yet (the nightly job's staging).
@@ -70,7 +73,7 @@ def build(config: ReportConfig, folder: str, run: dict | None = None) -> ReportR
     if config.cam < 0:
         raise ValueError(f"cam must be a number of joints >= 0, got {config.cam}.")
     run = run or runs.manifest(config.scores, config.options)
-    model = tables.model_rater(run["model_version"])
+    model = tables.model_rater(run.model_version)
     columns = ["joint_id", "patient_id", "joint", "ratingen_pred", "error"]
     scores = storage.read_table(f"{config.scores.rstrip('/')}/scores", columns, config.options).to_pandas()
     ratings = storage.read_table(config.ratings, ["joint_id", "rater", "ratingen"], config.options).to_pandas()
@@ -104,7 +107,7 @@ def build(config: ReportConfig, folder: str, run: dict | None = None) -> ReportR
 
 
 def explain(
-    config: ReportConfig, run: dict, stages: pd.DataFrame, model: str, humans: list[str]
+    config: ReportConfig, run: runs.RunManifest, stages: pd.DataFrame, model: str, humans: list[str]
 ) -> list[cam.Explanation]:
     """Grad-CAM heat maps of the ``config.cam`` joints whose model stage is furthest from the humans' mean stage.
 
@@ -115,14 +118,14 @@ def explain(
     chosen = cam.most_disagreed(stages, model, humans, config.cam)
     if not chosen:
         return []
-    registry = config.registry or run.get("registry", "")
+    registry = config.registry or run.registry
     if not registry:
         raise ValueError(f"run {config.scores} names no registry: give the registry the heat maps' crops come from.")
-    network, card = checkpoint.load(run["model"], options=config.options)
-    if card.model_version != run["model_version"]:
+    network, card = checkpoint.load(run.model, options=config.options)
+    if card.model_version != run.model_version:
         raise ValueError(
-            f"the model at {run['model']} is version {card.model_version}, but the run was scored with version"
-            f" {run['model_version']}: its heat maps would explain another model."
+            f"the model at {run.model} is version {card.model_version}, but the run was scored with version"
+            f" {run.model_version}: its heat maps would explain another model."
         )
     images = _images(registry, chosen, config.options)
     pixels, errors = {}, {}
@@ -176,14 +179,15 @@ def report(config: ReportConfig) -> ReportResult:
     parent, name = posixpath.split(out)
     staging = runs.begin(parent, name, config.options)
     built = build(config, staging)
-    manifest = {
-        "kind": "report",
-        "scores": config.scores,
-        "ratings": config.ratings,
-        "raters": built.raters,
-        "rows": {t.source + " / " + t.outcome: int(t.rows) for t in built.tables.accounting.itertuples()},
-        "config": dataclasses.asdict(config) | {"options": None},
-        "committed_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
+    manifest = runs.RunManifest(
+        kind="report",
+        run_id=name,
+        committed_at=runs.now(),
+        rows={t.source + " / " + t.outcome: int(t.rows) for t in built.tables.accounting.itertuples()},
+        config=dataclasses.asdict(config) | {"options": None},
+        ratings=config.ratings,
+        raters=built.raters,
+        scores=config.scores,
+    )
     runs.commit(parent, name, manifest, config.options)
     return dataclasses.replace(built, out=out, html=f"{out}/report.html")

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from erosion.core.domain import NUM_STAGES
-from erosion.core.schema import PREDICTION_WIDTH
+from erosion.core.schema import PREDICTION_PCT, PREDICTION_PROBS, PREDICTION_WIDTH
 from erosion.io import storage
 
 SIZE = 16  # bytes of a fingerprint
@@ -74,9 +74,9 @@ def load(scores: str, options: storage.StorageOptions | None = None) -> Carry:
         batch = batch.filter(keep)
         prints.append(fixed_binary_view(batch["fingerprint"], SIZE))
         rows = np.full((batch.num_rows, PREDICTION_WIDTH), np.nan, np.float32)
-        rows[:, :NUM_STAGES] = batch["probs"].flatten().to_numpy().reshape(-1, NUM_STAGES)
+        rows[:, PREDICTION_PROBS] = batch["probs"].flatten().to_numpy().reshape(-1, NUM_STAGES)
         if with_pct:
-            rows[:, NUM_STAGES] = batch["erosion_pct_pred"].to_numpy(zero_copy_only=False)
+            rows[:, PREDICTION_PCT] = batch["erosion_pct_pred"].to_numpy(zero_copy_only=False)
         predictions.append(rows)
     if not prints:
         return Carry.of(np.zeros((0, SIZE), np.uint8), np.zeros((0, PREDICTION_WIDTH), np.float32))

@@ -21,7 +21,7 @@ import dataclasses
 import datetime
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +30,8 @@ import ray
 import torch
 
 from erosion.core import domain, rau, schema
+from erosion.core.faults import Faults
+from erosion.core.settings import setting
 from erosion.io import datasets, runs, storage
 from erosion.model import augment, checkpoint
 from erosion.model.network import predict
@@ -42,20 +44,24 @@ EXAMPLES = 20  # failed rows named in the result (all of them are in the scores)
 class ScoreConfig:
     """One scoring run."""
 
-    registry: str  # the registry table (local folder or s3:// URL)
-    model: str  # a checkpoint folder or a training run's folder (erosion train's <out>/<name>)
-    out: str  # runs are committed to <out>/<run_id>/
-    run_id: str = ""  # default: the start time, UTC, e.g. 20261123T020000Z
-    batch_size: int = 256  # crops per model call
-    actors: int = 1  # model actors
-    gpus_per_actor: float = 0.0  # > 0: each actor scores on a GPU (bf16 autocast, channels-last)
-    cpus_per_actor: float = 0.5  # on a small machine, leave CPUs for the read and decode tasks
-    decode_rows: int = 512  # crops per decode task batch: small blocks stream evenly to the actors
-    options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
-    crash_decode_once: str | None = None  # for tests: a marker file; the first decode task to miss it dies once
-    carry_from: str = ""  # an earlier committed run: its scores of unchanged joints are carried over (same model)
-    tta: int = 0  # > 0: the mean probabilities over this many fixed augmented views of each crop (seeded)
-    tta_seed: int = 0
+    registry: str = setting("the registry table (local folder or s3:// URL)")
+    model: str = setting("a checkpoint folder or a training run's folder (erosion train's <out>/<name>)")
+    out: str = setting("runs are committed to <out>/<run_id>/")
+    run_id: str = setting(
+        "the run's folder name (default: the start time, UTC, e.g. 20261123T020000Z; nightly: the date)", ""
+    )
+    batch_size: int = setting("crops per model call", 256)
+    actors: int = setting("model actors", 1)
+    gpus_per_actor: float = setting("> 0: each actor scores on a GPU (bf16 autocast, channels-last)", 0.0)
+    cpus_per_actor: float = setting("on a small machine, leave CPUs for the read and decode tasks", 0.5)
+    decode_rows: int = setting("crops per decode task batch: small blocks stream evenly to the actors", 512)
+    options: storage.StorageOptions = setting("S3 settings", factory=storage.StorageOptions)
+    carry_from: str = setting(
+        "an earlier committed run: its scores of unchanged joints are carried over (same model)", ""
+    )
+    tta: int = setting("> 0: the mean probabilities over this many fixed augmented views of each crop (seeded)", 0)
+    tta_seed: int = setting("the seed the views are drawn from", 0)
+    faults: Faults = setting("faults injected by tests; never recorded", factory=Faults, cli=False)
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,7 @@ class ScoreResult:
     visits: int  # rows of the Rau table
     seconds: float
     carried: int = 0  # rows whose score was carried over from config.carry_from, not scored again
-    manifest: dict = field(default_factory=dict)  # what the run's manifest.json says
+    manifest: runs.RunManifest | None = None  # what the run's manifest.json says
 
     @property
     def crops_per_s(self) -> float:
@@ -109,27 +115,29 @@ def score_into(config: ScoreConfig, run_id: str, staging: str) -> ScoreResult:
         writer.write(visits)
     failed = sum(errors.values())
     seconds = time.monotonic() - began
-    manifest = {
-        "run_id": run_id,
-        "kind": "score",
-        "model": config.model,
-        "model_version": card.model_version,
-        "model_epoch": card.epoch,
-        "registry": config.registry,
-        "input_files": inputs,
-        "rows": expected,
-        "scored": expected - failed,
-        "failed": failed,
-        "carried": carried,
-        "carried_from": carried_from,
-        "errors": errors,
-        "visits": visits.num_rows,
-        "outputs": {"scores": "scores/", "rau": "rau/"},
-        "config": dataclasses.asdict(config) | {"run_id": run_id, "crash_decode_once": None},
-        "committed_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "seconds": round(seconds, 3),
-        "versions": _versions(),
-    }
+    manifest = runs.RunManifest(
+        kind="score",
+        run_id=run_id,
+        committed_at=runs.now(),
+        rows={
+            "total": expected,
+            "scored": expected - failed,
+            "failed": failed,
+            "carried": carried,
+            "visits": visits.num_rows,
+        },
+        seconds={"total": round(seconds, 3)},
+        config={k: v for k, v in dataclasses.asdict(config).items() if k != "faults"} | {"run_id": run_id},
+        model=config.model,
+        model_version=card.model_version,
+        model_epoch=card.epoch,
+        registry=config.registry,
+        input_rows=inputs,
+        carried_from=carried_from,
+        errors=errors,
+        outputs={"scores": "scores/", "rau": "rau/"},
+        versions=_versions(),
+    )
     return ScoreResult(
         run=staging,
         run_id=run_id,
@@ -149,7 +157,7 @@ def score_into(config: ScoreConfig, run_id: str, staging: str) -> ScoreResult:
 def pipeline(config: ScoreConfig, run_id: str, input_size: int, carry: ray.ObjectRef | None = None) -> ray.data.Dataset:
     """The lazy Ray Data plan: registry -> checked, decoded crops -> model actors -> rows of ``schema.SCORES``."""
     rows = datasets.read(config.registry, [*schema.KEYS, "image"], config.options)
-    crops = tasks.scoring_crops(rows, input_size, config.decode_rows, config.crash_decode_once, carry)
+    crops = tasks.scoring_crops(rows, input_size, config.decode_rows, config.faults.crash_decode_once, carry)
     return model_scores(crops, config, run_id)
 
 
@@ -207,8 +215,8 @@ def score_rows(batch: pa.Table, predictions: np.ndarray, run_id: str, model_vers
     failed = pc.is_valid(batch["error"])
     mask = failed.to_numpy(zero_copy_only=False)
     n = batch.num_rows
-    probs = np.nan_to_num(predictions[:, : domain.NUM_STAGES])  # a failed row's are masked
-    pct = predictions[:, domain.NUM_STAGES]
+    probs = np.nan_to_num(predictions[:, schema.PREDICTION_PROBS])  # a failed row's are masked
+    pct = predictions[:, schema.PREDICTION_PCT]
     no_pct = mask | np.isnan(pct)
     stage_of_pct = domain.ratingen_stage(np.clip(np.where(no_pct, 0.0, pct), 0.0, 100.0))
     columns = [batch[k] for k in schema.KEYS] + [
@@ -244,11 +252,11 @@ def _carry(config: ScoreConfig, model_version: str) -> tuple[ray.ObjectRef | Non
     if not config.carry_from:
         return None, None
     earlier = runs.manifest(config.carry_from, config.options)
-    settings = earlier.get("config", {})
+    settings = earlier.config
     same_tta = (settings.get("tta", 0), settings.get("tta_seed", 0)) == (config.tta, config.tta_seed)
-    if earlier["model_version"] != model_version or not same_tta:
+    if earlier.model_version != model_version or not same_tta:
         return None, None  # a new model (or other test-time views) scores everything anew
-    return ray.put(carry.load(f"{config.carry_from.rstrip('/')}/scores", config.options)), earlier["run_id"]
+    return ray.put(carry.load(f"{config.carry_from.rstrip('/')}/scores", config.options)), earlier.run_id
 
 
 def _summarise(scores: str, run_id: str, options: storage.StorageOptions) -> tuple[pa.Table, dict[str, int], list, int]:

@@ -8,6 +8,8 @@ and % the crops were drawn with). Both sides are frames indexed by joint_id with
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -15,14 +17,37 @@ import pyarrow.compute as pc
 import torch
 
 from erosion.core import agreement
-from erosion.core.domain import NUM_STAGES
-from erosion.core.schema import PREDICTION_WIDTH
-from erosion.core.split import split_of
+from erosion.core.schema import PREDICTION_PCT, PREDICTION_PROBS, PREDICTION_WIDTH
+from erosion.core.settings import setting
+from erosion.core.split import SPLITS, split_of
 from erosion.io import storage
 from erosion.io.ratings import rater_stages
 from erosion.model import checkpoint
 from erosion.model.network import predict
 from erosion.registry.preprocess import letterbox_batch
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Which model, on which split, against whom."""
+
+    model: str = setting("a training run's folder or its model/")
+    registry: str = setting("the registry table")
+    ratings: str = setting("the ratings table")
+    rater: str = setting("whose stages the model is compared with", "registry")
+    truth: str = setting("a synthetic registry's truth/ table, to compare with too", "")
+    split: str = setting("the patient split", "val", choices=SPLITS)
+    split_seed: int = setting("the seed of the patient split", 0)
+    options: storage.StorageOptions = setting("S3 settings", factory=storage.StorageOptions)
+
+
+def evaluate(config: EvaluateConfig) -> tuple[int, dict[str, dict]]:
+    """The number of crops scored, and the accuracies (``compare``) against the rater and the truth, by name."""
+    predicted = predict_split(config.model, config.registry, config.split, config.split_seed, config.options)
+    references = {f"rater {config.rater}": rater_reference(config.ratings, config.rater, config.options)}
+    if config.truth:
+        references["ground truth"] = truth_reference(config.truth, config.options)
+    return len(predicted), {name: compare(predicted, reference)[0] for name, reference in references.items()}
 
 
 def predict_split(
@@ -48,7 +73,10 @@ def predict_split(
         predictions.append(predict(model, pixels[ok], views))
     rows = np.concatenate(predictions) if predictions else np.zeros((0, PREDICTION_WIDTH), np.float32)
     return pd.DataFrame(
-        {"stage": rows[:, :NUM_STAGES].argmax(1).astype(np.int64), "pct": rows[:, NUM_STAGES].astype(np.float64)},
+        {
+            "stage": rows[:, PREDICTION_PROBS].argmax(1).astype(np.int64),
+            "pct": rows[:, PREDICTION_PCT].astype(np.float64),
+        },
         index=pd.Index(ids, name="joint_id"),
     )
 

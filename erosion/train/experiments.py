@@ -20,18 +20,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
 
+from erosion.core.settings import setting
 from erosion.io import storage
 from erosion.model import augment
 from erosion.report import figures, tables
-from erosion.train import evaluate
-
-if TYPE_CHECKING:
-    from erosion.train import labelled, training
+from erosion.train import evaluate, labelled, training
 
 SPLITS = ("val", "test")
 KINDS = ("loss", "head", "all")
@@ -41,11 +38,13 @@ KINDS = ("loss", "head", "all")
 class ExperimentConfig:
     """What every variant shares (data, split, seeds, epochs, model size), how they are judged, where results go."""
 
-    base: training.TrainConfig  # the variants differ from it in one setting each; base.out is the experiment's
-    truth: str = ""  # a synthetic registry's truth table: a reference beside the raters
-    tta: int = 0  # > 0: every variant is also judged with the mean over this many augmented views
-    tta_seed: int = 0
-    vgg16_input_size: int = 0  # the VGG16 variant's input size; 0: the base's
+    base: training.TrainConfig = setting(
+        "what the variants share; each differs in one setting; base.out is the experiment's"
+    )
+    truth: str = setting("a synthetic registry's truth table: a reference beside the raters", "")
+    tta: int = setting("> 0: every variant is also judged with the mean over this many augmented views", 0)
+    tta_seed: int = setting("the seed the views are drawn from", 0)
+    vgg16_input_size: int = setting("the VGG16 variant's input size; 0: the base's", 0)
 
 
 def variants(kind: str, config: ExperimentConfig) -> dict[str, training.TrainConfig]:
@@ -81,7 +80,6 @@ def describe(settings: training.TrainConfig) -> str:
 
 def compare(config: ExperimentConfig, runs: dict[str, training.TrainConfig]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train every variant (resuming a run already there), then judge it on each split against each reference."""
-    from erosion.train import training  # Ray only where a command needs it
 
     data = config.base.data
     references = {f"rater {r}": evaluate.rater_reference(data.ratings, r, data.options) for r in _raters(data)}

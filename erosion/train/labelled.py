@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import ray
 
+from erosion.core.settings import setting
 from erosion.core.split import split_of
 from erosion.io import storage
 from erosion.io.datasets import TASK_CPUS, read
@@ -31,11 +32,11 @@ log = logging.getLogger(__name__)
 class LabelSet:
     """Which registry, whose labels and which split: the data side of a training run."""
 
-    registry: str
-    ratings: str
-    rater: str = "registry"
-    split_seed: int = 0
-    options: storage.StorageOptions = field(default_factory=storage.StorageOptions)
+    registry: str = setting("the registry table (local folder or s3:// URL)")
+    ratings: str = setting("the ratings table")
+    rater: str = setting("whose stages are the labels", "registry")
+    split_seed: int = setting("the seed of the patient split (train / val / test)", 0)
+    options: storage.StorageOptions = setting("S3 settings", factory=storage.StorageOptions)
 
 
 def labelled_split(labels: LabelSet, split: str, columns: tuple[str, ...] = ("joint_id", "image")) -> ray.data.Dataset:

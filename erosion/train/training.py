@@ -28,7 +28,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import ray.train
@@ -37,6 +37,8 @@ import torch
 from torch import nn
 
 from erosion.core import agreement, domain
+from erosion.core.faults import Faults
+from erosion.core.settings import setting
 from erosion.io import storage
 from erosion.model import cdf, checkpoint
 from erosion.model.augment import AugmentConfig
@@ -51,26 +53,28 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """One training run; the defaults are the paper's (Adam 1e-3, batch 128, weighted loss, its augmentation)."""
 
-    data: labelled.LabelSet
-    out: str  # runs live under <out>/<name>: Ray Train's checkpoints and the published model/
-    name: str = "erosion"  # the same name and out resume a run
-    epochs: int = 10
-    workers: int = 2
-    gpus_per_worker: float = 0.0  # > 0 trains on GPUs (bf16 autocast, channels-last)
-    cpus_per_worker: float = 0.5  # leave CPUs for Ray Data's read and decode tasks
-    batch_size: int = 128  # per worker
-    learning_rate: float = 1e-3  # the CNN's
-    weighted_loss: bool = True  # balanced class weights of the training split; False: plain (unweighted) loss
-    seed: int = 0
-    shuffle_buffer: int = 1024  # rows each worker shuffles locally (blocks are also read in random order)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    pretrained: str | None = None  # vgg16: a local torchvision vgg16 state_dict (ImageNet); None: random weights
-    frozen_epochs: int = 25  # vgg16: the first epochs train the classifier only, on frozen features
-    frozen_lr: float = 1e-4  # vgg16: Adam's learning rate while the features are frozen
-    finetune_lr: float = 1e-5  # vgg16: Adam's learning rate once every layer trains
-    max_failures: int = 2  # worker failures the run survives
-    fail_at_epoch: int | None = None  # for tests: the last worker dies once, in the first batch of this epoch
+    data: labelled.LabelSet = setting("the registry, ratings, rater and split")
+    out: str = setting("runs live under <out>/<name>: Ray Train's checkpoints and the published model/")
+    name: str = setting("the same name and out resume a run", "erosion")
+    epochs: int = setting("training epochs", 10)
+    workers: int = setting("Ray Train workers", 2)
+    gpus_per_worker: float = setting("> 0 trains on GPUs (bf16 autocast, channels-last)", 0.0)
+    cpus_per_worker: float = setting("leave CPUs for Ray Data's read and decode tasks", 0.5)
+    batch_size: int = setting("per worker", 128)
+    learning_rate: float = setting("Adam's learning rate (the CNN's)", 1e-3, flag="lr")
+    weighted_loss: bool = setting("balanced class weights of the training split; False: plain (unweighted) loss", True)
+    seed: int = setting("seed of the weights, the shuffling and the augmentation", 0)
+    shuffle_buffer: int = setting("rows each worker shuffles locally (blocks are also read in random order)", 1024)
+    model: ModelConfig = setting("the architecture", factory=ModelConfig)
+    augment: AugmentConfig = setting("augmentation strengths (0: off)", factory=AugmentConfig)
+    pretrained: str | None = setting(
+        "vgg16: a local torchvision vgg16 state_dict (ImageNet); None: random weights", None
+    )
+    frozen_epochs: int = setting("vgg16: the first epochs train the classifier only, on frozen features", 25)
+    frozen_lr: float = setting("vgg16: Adam's learning rate while the features are frozen", 1e-4)
+    finetune_lr: float = setting("vgg16: Adam's learning rate once every layer trains", 1e-5)
+    max_failures: int = setting("worker failures the run survives", 2)
+    faults: Faults = setting("faults injected by tests; never recorded", factory=Faults, cli=False)
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,7 @@ def train(config: TrainConfig) -> TrainResult:
 def _check(config: TrainConfig) -> None:
     if config.epochs < 1 or config.workers < 1 or config.batch_size < 1:
         raise ValueError("epochs, workers and batch size must be at least 1.")
-    if config.fail_at_epoch is not None and not 1 <= config.fail_at_epoch < config.epochs:
+    if config.faults.fail_at_epoch is not None and not 1 <= config.faults.fail_at_epoch < config.epochs:
         raise ValueError("fail_at_epoch must come after a first checkpoint: 1 <= fail_at_epoch < epochs.")
     if config.pretrained and config.model.arch != "vgg16":
         raise ValueError(f"pretrained weights are for arch 'vgg16', got arch {config.model.arch!r}.")
@@ -228,7 +232,9 @@ def _train_worker(loop_config: dict) -> None:
             current = frozen
         began = time.perf_counter()
         generator.manual_seed(config.seed * 1_000_003 + epoch * 1_009 + rank)
-        fail = config.fail_at_epoch == epoch and start < epoch and rank == world - 1  # once: not after the restart
+        fail = (
+            config.faults.fail_at_epoch == epoch and start < epoch and rank == world - 1
+        )  # once: not after the restart
         loss, rows = _train_epoch(model, optimizer, class_weights, generator, config, fail)
         seconds = time.perf_counter() - began
         metrics = {"epoch": epoch, "attempt_start_epoch": start, "train_loss": loss, "train_rows": rows}
@@ -238,7 +244,7 @@ def _train_worker(loop_config: dict) -> None:
             metrics |= _evaluate(net, class_weights, config, on_gpu)
             metrics["seconds"] = time.perf_counter() - began
             _report_with_checkpoint(net, optimizer, config, history + [metrics], pretrained)
-            print(_progress(metrics, config.epochs), flush=True)
+            print(progress(metrics, config.epochs), flush=True)  # in Ray's log files
         else:
             ray.train.report(metrics, checkpoint=None)
         history.append(metrics)
@@ -340,11 +346,12 @@ def _report_with_checkpoint(
 
 def _as_json(config: TrainConfig) -> dict:
     content = dataclasses.asdict(config)
-    content.pop("fail_at_epoch")
+    content.pop("faults")
     return content
 
 
-def _progress(metrics: dict, epochs: int) -> str:
+def progress(metrics: dict, epochs: int) -> str:
+    """One epoch's line: its losses and validation accuracies."""
     frozen = ", frozen features" if metrics["frozen_features"] else ""
     return (
         f"epoch {metrics['epoch'] + 1}/{epochs}{frozen}: train loss {metrics['train_loss']:.3f} "

@@ -29,7 +29,7 @@ import os
 import platform
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import psutil
@@ -39,6 +39,7 @@ import ray
 import torch
 
 from erosion.core import schema
+from erosion.core.settings import setting
 from erosion.io import datasets, storage
 from erosion.model import checkpoint
 from erosion.model.augment import AugmentConfig
@@ -52,15 +53,18 @@ from erosion.train import labelled, step, training
 class TrainBenchConfig:
     """What to measure; the defaults are a CPU-sized run (reduced model)."""
 
-    registry: str  # a registry folder with registry/ and ratings/ (e.g. from ``erosion synth``)
-    out: str  # where the pipeline run writes its checkpoints
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(input_size=64, width=0.25))
-    batch_size: int = 128
-    steps: int = 20  # timed steps of the bare and augmented loops (after 3 warm-up steps)
-    workers: int = 2
-    epochs: int = 3  # of the pipeline run; its last epoch is the one reported
-    threads: int = 1  # torch threads for the in-process loops: what one worker gets
-    device: str = "cpu"
+    registry: str = setting("a registry folder with registry/ and ratings/ (e.g. from ``erosion synth``)")
+    out: str = setting("where the pipeline run writes its checkpoints")
+    model: ModelConfig = setting(
+        "the architecture (default: reduced)", factory=lambda: ModelConfig(input_size=64, width=0.25)
+    )
+    batch_size: int = setting("crops per step", 128)
+    steps: int = setting("timed steps of the bare and augmented loops (after 3 warm-up steps)", 20)
+    workers: int = setting("Ray Train workers of the pipeline run", 2)
+    epochs: int = setting("of the pipeline run; its last epoch is the one reported", 3)
+    threads: int = setting("torch threads for the in-process loops: what one worker gets", 1)
+    device: str = setting("torch device of the in-process steps", "cpu")
+    json: str = setting("also write the figures here", "")
 
 
 def train_throughput(config: TrainBenchConfig) -> dict:
@@ -84,15 +88,25 @@ def train_throughput(config: TrainBenchConfig) -> dict:
     )
     last = run.card.history[-1]
     pipeline = last["train_crops_per_s"] / config.workers
-    return {
-        "setting": dataclasses.asdict(config) | {"machine": platform.machine(), "torch": torch.__version__},
-        "bare_step_crops_per_s": bare,
-        "augmented_step_crops_per_s": augmented,
-        "pipeline_crops_per_s_per_worker": pipeline,
-        "pipeline_epoch_seconds": last["seconds"],
-        "augmented_over_bare": augmented / bare,
-        "pipeline_over_bare": pipeline / bare,
-    }
+    return _written(
+        config.json,
+        {
+            "setting": dataclasses.asdict(config) | {"machine": platform.machine(), "torch": torch.__version__},
+            "bare_step_crops_per_s": bare,
+            "augmented_step_crops_per_s": augmented,
+            "pipeline_crops_per_s_per_worker": pipeline,
+            "pipeline_epoch_seconds": last["seconds"],
+            "augmented_over_bare": augmented / bare,
+            "pipeline_over_bare": pipeline / bare,
+        },
+    )
+
+
+def _written(url: str, figures: dict) -> dict:
+    """The figures, also written as JSON to ``url`` when one is given."""
+    if url:
+        storage.write_json(url, figures)
+    return figures
 
 
 def _crops(config: TrainBenchConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -134,13 +148,17 @@ def _sync(device: torch.device) -> None:
 class ScoreBenchConfig:
     """What to measure; the model decides the speed (on CPU, use a reduced one and say so)."""
 
-    registry: str  # a source registry table; its rows are repeated to each size
-    model: str  # a checkpoint or a training run's folder
-    out: str  # where the sized registries and the runs go
-    sizes: tuple[int, ...] = (10_000, 100_000)
-    model_only_rows: int = 100_000  # at most this many in-memory crops for the model-only rate
-    naive_rows: int = 5_000
-    scoring: dict = field(default_factory=dict)  # ScoreConfig settings: batch_size, actors, cpus_per_actor, ...
+    registry: str = setting("a source registry table; its rows are repeated to each size")
+    model: str = setting("a checkpoint or a training run's folder")
+    out: str = setting("where the sized registries and the runs go")
+    sizes: tuple[int, ...] = setting("comma-separated registry sizes", (10_000, 100_000))
+    model_only_rows: int = setting("at most this many in-memory crops for the model-only rate", 100_000)
+    naive_rows: int = setting("at most this many for the naive one-process rate", 5_000)
+    batch_size: int = setting("crops per model call", 256)
+    actors: int = setting("model actors", 1)
+    gpus_per_actor: float = setting("> 0: each actor scores on a GPU", 0.0)
+    cpus_per_actor: float = setting("CPUs per model actor", 0.5)
+    json: str = setting("also write the figures here", "")
 
 
 def score_throughput(config: ScoreBenchConfig) -> dict:
@@ -151,7 +169,8 @@ def score_throughput(config: ScoreBenchConfig) -> dict:
     """
     card = checkpoint.read_card(config.model)
     size = card.preprocess["input_size"]
-    settings = {"batch_size": 256, "actors": 1, "cpus_per_actor": 0.5} | config.scoring
+    pool = ("batch_size", "actors", "gpus_per_actor", "cpus_per_actor")
+    settings = {name: getattr(config, name) for name in pool}
     figures: dict = {
         "setting": dataclasses.asdict(config)
         | {"scoring": settings, "model": dataclasses.asdict(card.model), "machine": platform.machine()},
@@ -183,7 +202,7 @@ def score_throughput(config: ScoreBenchConfig) -> dict:
         small, large = (figures[str(n)] for n in (config.sizes[0], config.sizes[-1]))
         for key in ("driver_peak_uss_mb", "largest_worker_peak_uss_mb"):
             figures[f"{key}_growth"] = large[key] / small[key] - 1
-    return figures
+    return _written(config.json, figures)
 
 
 def _sized_registry(source: pa.Table, rows: int, url: str, rows_per_file: int = 5_000) -> str:

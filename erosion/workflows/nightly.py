@@ -19,6 +19,8 @@ import datetime
 import time
 from dataclasses import dataclass
 
+from erosion.core.settings import setting
+from erosion.core.split import SPLITS
 from erosion.io import runs, storage
 from erosion.model import checkpoint
 from erosion.report import report
@@ -29,9 +31,11 @@ from erosion.score import scoring
 class NightlyConfig:
     """One night's run: how to score (its run id defaults to the date, UTC), and the report's ratings."""
 
-    scoring: scoring.ScoreConfig  # registry, the current model, out, run_id, actors...; carry_from is set here
-    ratings: str  # for the agreement report
-    report_split: str = "all"  # the report's joints: all, or one patient split
+    scoring: scoring.ScoreConfig = setting(
+        "registry, the current model, out, run_id, actors...; carry_from is set here"
+    )
+    ratings: str = setting("for the agreement report")
+    report_split: str = setting("the report's joints: all, or one patient split", "all", choices=("all", *SPLITS))
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,7 @@ class NightlyResult:
     """The night's committed run, and whether this call made it."""
 
     run: str
-    manifest: dict
+    manifest: runs.RunManifest
     ran: bool  # False: the night was already committed with the same model and inputs; nothing was done
     report: report.ReportResult | None = None
 
@@ -52,10 +56,10 @@ def nightly(config: NightlyConfig) -> NightlyResult:
     version = checkpoint.read_card(base.model, options).model_version
     inputs = storage.snapshot(base.registry, options)
     earlier = runs.committed(base.out, options)
-    same_night = [m for m in earlier if m.get("run_id") == run_id]
-    if same_night and same_night[0].get("model_version") == version and same_night[0].get("inputs") == inputs:
-        return NightlyResult(run=same_night[0]["run"], manifest=same_night[0], ran=False)
-    carry_from = next((m["run"] for m in reversed(earlier) if m.get("kind") in ("score", "nightly")), "")
+    same_night = [m for m in earlier if m.run_id == run_id]
+    if same_night and same_night[0].model_version == version and same_night[0].inputs == inputs:
+        return NightlyResult(run=same_night[0].run, manifest=same_night[0], ran=False)
+    carry_from = next((m.run for m in reversed(earlier) if m.kind in ("score", "nightly")), "")
 
     staging = runs.begin(base.out, run_id, options)
     settings = dataclasses.replace(base, run_id=run_id, carry_from=carry_from)
@@ -66,20 +70,21 @@ def nightly(config: NightlyConfig) -> NightlyResult:
         f"{staging}/report",
         run=scored.manifest,
     )
-    manifest = scored.manifest | {
-        "kind": "nightly",
-        "inputs": inputs,
-        "ratings": config.ratings,
-        "raters": reported.raters,
-        "outputs": scored.manifest["outputs"] | {"report": "report/report.html"},
-        "config": scored.manifest["config"] | {"ratings": config.ratings, "report_split": config.report_split},
-        "seconds": {
+    manifest = dataclasses.replace(
+        scored.manifest,
+        kind="nightly",
+        inputs=inputs,
+        ratings=config.ratings,
+        raters=reported.raters,
+        outputs=scored.manifest.outputs | {"report": "report/report.html"},
+        config=scored.manifest.config | {"ratings": config.ratings, "report_split": config.report_split},
+        seconds={
             "scoring": round(scored_at - began, 3),
             "report": round(time.monotonic() - scored_at, 3),
             "total": round(time.monotonic() - began, 3),
         },
-        "committed_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
+        committed_at=runs.now(),
+    )
     run = runs.commit(base.out, run_id, manifest, options)
     reported = dataclasses.replace(reported, out=f"{run}/report", html=f"{run}/report/report.html")
     return NightlyResult(run=run, manifest=manifest, ran=True, report=reported)

@@ -1,0 +1,168 @@
+"""What the commands print: each result as text, by pure functions, so the CLI and the demo say the same."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from erosion.core.domain import ALL_JOINTS
+from erosion.core.split import SPLITS
+from erosion.model.network import ModelConfig
+from erosion.train import training
+
+if TYPE_CHECKING:
+    from erosion.io.runs import RunManifest
+    from erosion.registry.summary import Summary
+    from erosion.registry.validate import Report
+    from erosion.report.report import ReportResult
+    from erosion.score.scoring import ScoreResult
+    from erosion.train.training import TrainResult
+    from erosion.workflows.nightly import NightlyResult
+
+SHOWN_PROBLEMS = 50  # validation problems listed; the rest are counted
+
+
+def synthesized(manifest: RunManifest, out: str) -> str:
+    """One line on a synthetic registry: joints, ratings, time."""
+    rows = manifest.rows
+    return (
+        f"wrote {rows['registry']} joints, {rows['ratings']} ratings to {out} "
+        f"in {manifest.seconds['total']} s ({rows['registry'] / max(manifest.seconds['total'], 1e-3):.1f} joints/s)"
+    )
+
+
+def ingested(manifest: RunManifest, out: str) -> str:
+    """The ingest's counts, and where the rejected rows went."""
+    rows = manifest.rows
+    text = f"ingested {rows['registry']} joints and {rows['ratings']} ratings into {out}"
+    if rows["errors"]:
+        text += f"\n{rows['errors']} rows rejected: see {out.rstrip('/')}/ingest_errors/"
+    return text
+
+
+def validation(reports: Sequence[Report]) -> str:
+    """The first problems, one a line, then each table's counts."""
+    problems = [p for r in reports for p in r.problems]
+    lines = []
+    for p in problems[:SHOWN_PROBLEMS]:
+        where = f"{p.file} row {p.row}" if p.row is not None else p.file
+        lines.append(f"{p.table}: {where} [{p.key}] {p.column}: {p.reason}")
+    if len(problems) > SHOWN_PROBLEMS:
+        lines.append(f"... and {len(problems) - SHOWN_PROBLEMS} more")
+    for name, r in zip(("registry", "ratings"), reports, strict=False):
+        lines.append(f"{name}: {r.rows} rows, {r.bad_rows} with problems")
+    return "\n".join(lines)
+
+
+def summary(s: Summary) -> str:
+    """A registry's size, class mix and patient splits."""
+    lines = [
+        f"    joints {s.joints}, patients {s.patients}, visits {s.visits}",
+        "    class mix (registry rater): " + " / ".join(f"{100 * m:.1f}" for m in s.class_mix) + " %",
+    ]
+    lines += [f"    {name:5s} {s.split_patients[name]:5d} patients {s.split_joints[name]:7d} joints" for name in SPLITS]
+    return "\n".join(lines)
+
+
+def trained(result: TrainResult) -> str:
+    """Each epoch's line, then the trained model, its best epoch and its validation accuracies."""
+    card, best = result.card, result.best
+    if card.model.arch != "cnn":
+        model = f"{card.model.arch} ({card.model.input_size} px, {'pretrained' if card.pretrained else 'random start'})"
+    else:
+        model = "the paper's model" if card.model == ModelConfig() else f"a reduced model ({card.model})"
+    epochs = [training.progress(metrics, card.train["epochs"]) for metrics in card.history]
+    return "\n".join(epochs) + (
+        f"\ntrained {model}, {len(card.history)} epochs; best epoch {card.epoch + 1} by validation balanced accuracy:\n"
+        f"    accuracy {best['val_accuracy']:.3f}, balanced {best['val_balanced_accuracy']:.3f}, "
+        f"+-1 balanced {best['val_pm1_balanced_accuracy']:.3f} on {best['val_rows']} validation crops\n"
+        f"    model {card.model_version} in {result.model}"
+    )
+
+
+def evaluation(split: str, crops: int, accuracies: dict[str, dict]) -> str:
+    """A model's accuracies on a split against each reference."""
+    lines = [f"{split} split, {crops} crops scored"]
+    for name, a in accuracies.items():
+        pct = f", % MAE {a['pct_mae']:.1f}" if not math.isnan(a["pct_mae"]) else ""
+        lines.append(
+            f"    vs {name}: n {a['n']}, accuracy {a['accuracy']:.3f}, balanced {a['balanced_accuracy']:.3f}, "
+            f"+-1 balanced {a['pm1_balanced_accuracy']:.3f}, quadratic kappa {a['kappa']:.3f}{pct}"
+        )
+    return "\n".join(lines)
+
+
+def scoring(result: ScoreResult) -> str:
+    """The run's counts, its failures by reason with examples, and where it was committed."""
+    lines = [
+        f"scored {result.scored} of {result.rows} crops with model {result.model_version}, {result.failed} failed, "
+        f"in {result.seconds:.1f} s ({result.crops_per_s:.0f} crops/s end to end)"
+    ]
+    lines += [f"    {count} {reason}" for reason, count in sorted(result.errors.items(), key=lambda item: -item[1])]
+    lines += [f"    e.g. {joint_id}: {error}" for joint_id, error in result.examples[:10]]
+    lines.append(f"    Rau scores of {result.visits} visits; run {result.run_id} committed to {result.run}")
+    return "\n".join(lines)
+
+
+def report(result: ReportResult, icc_form: str = "ICC2") -> str:
+    """Each rater's agreement with each other on all joints, the ICC, and where the page is."""
+    t = result.tables
+    lines = [f"agreement of {len(result.raters)} raters ({', '.join(result.raters)}):"]
+    for row in t.agreement[t.agreement["subset"] == ALL_JOINTS].itertuples():
+        lines.append(
+            f"    {row.rater} vs {row.reference}: n {row.n}, balanced accuracy {row.balanced_accuracy:.3f}, "
+            f"+-1 balanced {row.pm1_balanced_accuracy:.3f}, quadratic kappa {row.kappa:.3f} "
+            f"({row.kappa_low:.3f}-{row.kappa_high:.3f})"
+        )
+    icc = t.icc[(t.icc["subset"] == ALL_JOINTS) & (t.icc["form"] == icc_form)].iloc[0]
+    if icc["note"]:
+        lines.append(f"    {icc_form}: {icc['note']}")
+    else:
+        lines.append(
+            f"    {icc_form} over all raters on {icc['n']} joints: {icc['value']:.3f} "
+            f"({icc['low']:.3f}-{icc['high']:.3f}), {icc['label']}"
+        )
+    lines.append(f"    report: {result.html}")
+    return "\n".join(lines)
+
+
+def nightly(result: NightlyResult) -> str:
+    """The night's run: scored, carried over, failed, and its report; or that it was done already."""
+    m = result.manifest
+    if not result.ran:
+        return (
+            f"run {m.run_id} is committed already, with model {m.model_version[:12]} and these inputs\n"
+            f"    nothing to do: {result.run}"
+        )
+    return (
+        f"night {m.run_id}: {m.rows['total']} rows, {m.rows['scored']} scored by model {m.model_version[:12]}, "
+        f"{m.rows['carried']} carried over from {m.carried_from or 'no earlier run'}, {m.rows['failed']} failed; "
+        f"{m.rows['visits']} visits; {m.seconds['total']:.1f} s\n{report(result.report)}\n    committed to {result.run}"
+    )
+
+
+def runs(found: Sequence[RunManifest], out: str) -> str:
+    """A table of committed runs, one a line."""
+    lines = [
+        f"{'run':22s} {'kind':8s} {'committed':25s} {'model':12s} {'rows':>9s} {'scored':>9s} {'carried':>9s} failed"
+    ]
+    for m in found:
+        count = m.rows.get
+        lines.append(
+            f"{m.run_id:22s} {m.kind:8s} {m.committed_at:25s} {m.model_version[:12]:12s} {count('total', 0):9d} "
+            f"{count('scored', 0):9d} {count('carried', 0):9d} {count('failed', 0):6d}"
+        )
+    lines.append(f"{len(found)} committed runs in {out}")
+    return "\n".join(lines)
+
+
+def figures(values: dict, indent: str = "") -> str:
+    """A benchmark's figures, nested dictionaries indented."""
+    lines = []
+    for key, value in values.items():
+        if isinstance(value, dict) and key != "setting":
+            lines += [f"{indent}{key}:", figures(value, indent + "    ")]
+        else:
+            lines.append(f"{indent}{key}: {value:.3f}" if isinstance(value, float) else f"{indent}{key}: {value}")
+    return "\n".join(lines)
