@@ -17,8 +17,8 @@ import ray
 from conftest import SMALL_MODEL
 from PIL import Image
 
-from erosion.core.faults import Faults
 from erosion.core import domain, schema
+from erosion.core.faults import Faults
 from erosion.io import runs, storage
 from erosion.model import augment, checkpoint
 from erosion.model.network import ModelConfig, predict, probabilities
@@ -185,7 +185,11 @@ def test_scoring_reads_and_writes_s3(hostile, hostile_run, s3_bucket):
 def test_a_retried_task_neither_drops_nor_duplicates_a_row(ray_local, small_registry, hostile, tmp_path):
     marker = tmp_path / "crashed"
     config = scoring.ScoreConfig(
-        f"{small_registry}/registry", hostile[1], str(tmp_path / "out"), run_id="r", faults=Faults(crash_decode_once=str(marker))
+        f"{small_registry}/registry",
+        hostile[1],
+        str(tmp_path / "out"),
+        run_id="r",
+        faults=Faults(crash_decode_once=str(marker)),
     )
     result = scoring.score(config)
     assert marker.exists()  # a decode task's worker died once, and Ray ran the task again

@@ -32,6 +32,7 @@ from erosion.train import evaluate, labelled, training
 
 SPLITS = ("val", "test")
 KINDS = ("loss", "head", "all")
+KINDS_HELP = "loss: unweighted vs class-weighted (Table 2); head: classifier vs CDF head; all: both and VGG16"
 
 
 @dataclass(frozen=True)
