@@ -7,13 +7,13 @@ import pytest
 
 from erosion.cli import flags
 from erosion.cli.main import main, parser
-from erosion.registry.synth import SynthConfig
-from erosion.train.labelled import LabelSet
-from erosion.train.training import TrainConfig
 from erosion.core.split import split_of
 from erosion.io import storage
 from erosion.model import checkpoint
 from erosion.registry.summary import summarize
+from erosion.registry.synth import SynthConfig
+from erosion.train.labelled import LabelSet
+from erosion.train.training import TrainConfig
 
 
 def test_summary_on_ray_matches_a_plain_count(ray_local, small_registry):

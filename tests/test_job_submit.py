@@ -142,7 +142,7 @@ def test_score_job_submitted_with_the_token_commits_its_run_on_s3_and_without_it
         "ray", "job", "submit", "--address", ray_head.address,
         "--runtime-env", "cluster/runtime_env.yaml", "--working-dir", ".", "--",
         "python", "jobs/score.py", "--registry", registry, "--model", model, "--out", f"{s3_bucket}/runs",
-        "--run-id", "submitted", "--batch-size", "16",
+        "--run-id", "submitted", "--batch-size", "16", "--verbose",
     ]  # fmt: skip
 
     stranger = {**_environment(), "HOME": str(tmp_path / "stranger")}  # no token file, no RAY_AUTH_MODE
@@ -154,11 +154,11 @@ def test_score_job_submitted_with_the_token_commits_its_run_on_s3_and_without_it
 
     done = subprocess.run(submit, cwd=ROOT, env=ray_head.env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-3000:]
-    assert f"Connecting to existing Ray cluster at address: {ray_head.gcs}" in done.stdout  # init_ray joined it
+    assert f"Connecting to existing Ray cluster at address: {ray_head.gcs}" in done.stdout  # joined it (--verbose)
 
     run = f"{s3_bucket}/runs/submitted"
     manifest = runs.manifest(run)
-    assert manifest["rows"] == rows == 10 and manifest["scored"] + manifest["failed"] == rows
+    assert manifest.rows["total"] == rows == 10 and manifest.rows["scored"] + manifest.rows["failed"] == rows
     assert sum(storage.row_counts(f"{run}/scores").values()) == rows
     assert sum(storage.row_counts(f"{run}/rau").values()) == 1
 

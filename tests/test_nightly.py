@@ -106,26 +106,26 @@ def test_the_second_night_carries_every_scored_joint_over_with_the_same_scores(n
     first, second = nights["nights"][:2]
     assert first.ran and second.ran
     m1, m2 = first.manifest, second.manifest
-    assert m1["carried"] == 0 and m1["carried_from"] is None
-    assert m1["failed"] == 0
-    assert m1["rows"] > 0
-    assert m2["carried"] == m1["rows"] - m1["failed"] and m2["carried_from"] == "2026-11-21"
+    assert m1.rows["carried"] == 0 and m1.carried_from is None
+    assert m1.rows["failed"] == 0
+    assert m1.rows["total"] > 0
+    assert m2.rows["carried"] == m1.rows["total"] - m1.rows["failed"] and m2.carried_from == "2026-11-21"
     s1, s2 = _scores(first.run), _scores(second.run)
     assert s1.keys() == s2.keys()
     for joint, (probs, carried, error) in s2.items():
         assert carried and error is None and probs == pytest.approx(s1[joint][0], abs=0)
     for name in ("scores", "rau", "report/report.html", "report/agreement.parquet"):
         assert os.path.exists(f"{second.run}/{name}"), name
-    assert m2["kind"] == "nightly" and set(m2["seconds"]) == {"scoring", "report", "total"}
-    assert sum(f["rows"] for f in m2["inputs"].values()) == m2["rows"]
-    assert {"python", "ray", "torch", "pyarrow"} <= set(m2["versions"])
+    assert m2.kind == "nightly" and set(m2.seconds) == {"scoring", "report", "total"}
+    assert sum(f["rows"] for f in m2.inputs.values()) == m2.rows["total"]
+    assert {"python", "ray", "torch", "pyarrow"} <= set(m2.versions)
 
 
 @pytest.mark.slow
 def test_the_same_night_twice_changes_nothing_and_makes_no_second_copy(nights):
     second, again = nights["nights"][1:3]
-    assert not again.ran and again.manifest["committed_at"] == second.manifest["committed_at"]
-    ids = [m["run_id"] for m in runs.committed(nights["out"])]
+    assert not again.ran and again.manifest.committed_at == second.manifest.committed_at
+    ids = [m.run_id for m in runs.committed(nights["out"])]
     assert ids == ["2026-11-21", "2026-11-22", "2026-11-23", "2026-11-24"]
     assert not os.listdir(f"{nights['out']}/_staging")  # nothing left half-written
 
@@ -135,18 +135,18 @@ def test_a_changed_image_and_new_joints_are_scored_and_the_rest_carried(nights):
     second, third = nights["nights"][1], nights["nights"][3]
     m = third.manifest
     s2, s3 = _scores(second.run), _scores(third.run)
-    before = nights["nights"][0].manifest["rows"]
-    assert m["rows"] == before + 3 and m["carried"] == before - 1
+    before = nights["nights"][0].manifest.rows["total"]
+    assert m.rows["total"] == before + 3 and m.rows["carried"] == before - 1
     assert not s3[nights["changed"]][1] and s3[nights["changed"]][0] != s2[nights["changed"]][0]
     assert all(not s3[j][1] for j in s3 if j.startswith("new/"))
-    assert sum(carried for _, carried, _ in s3.values()) == m["carried"]
+    assert sum(carried for _, carried, _ in s3.values()) == m.rows["carried"]
 
 
 @pytest.mark.slow
 def test_a_new_model_version_scores_everything_anew(nights):
     third, fourth = nights["nights"][3], nights["nights"][4]
-    assert fourth.manifest["model_version"] != third.manifest["model_version"]
-    assert fourth.manifest["carried"] == 0 and fourth.manifest["carried_from"] is None
+    assert fourth.manifest.model_version != third.manifest.model_version
+    assert fourth.manifest.rows["carried"] == 0 and fourth.manifest.carried_from is None
     assert not any(carried for _, carried, _ in _scores(fourth.run).values())
 
 
@@ -157,5 +157,5 @@ def test_runs_lists_every_committed_night_with_its_counts(nights, capsys):
     assert lines[-1] == f"4 committed runs in {nights['out']}"
     third = next(line for line in lines if line.startswith("2026-11-23"))
     m = nights["nights"][3].manifest
-    assert third.split()[-2:] == [str(m["carried"]), str(m["failed"])]
+    assert third.split()[-2:] == [str(m.rows["carried"]), str(m.rows["failed"])]
     assert storage.read_json(f"{nights['nights'][3].run}/manifest.json")["run_id"] == "2026-11-23"

@@ -196,6 +196,7 @@ def test_a_retried_task_neither_drops_nor_duplicates_a_row(ray_local, small_regi
     ids = storage.read_table(f"{result.run}/scores", ["joint_id"])["joint_id"].to_pylist()
     expected = storage.read_table(f"{small_registry}/registry", ["joint_id"])["joint_id"].to_pylist()
     assert sorted(ids) == sorted(expected) and result.failed == 0
+    assert "faults" not in runs.manifest(result.run).config  # a test hook, never recorded
 
 
 def test_a_registry_of_the_wrong_schema_is_refused_before_any_work(ray_local, hostile, tmp_path):

@@ -136,7 +136,7 @@ def nightly(result: NightlyResult) -> str:
             f"    nothing to do: {result.run}"
         )
     return (
-        f"night {m.run_id}: {m.rows['total']} rows, {m.rows['scored']} scored by model {m.model_version[:12]}, "
+        f"night {m.run_id}: {m.rows['total']} rows, {_by_model(m)} scored by model {m.model_version[:12]}, "
         f"{m.rows['carried']} carried over from {m.carried_from or 'no earlier run'}, {m.rows['failed']} failed; "
         f"{m.rows['visits']} visits; {m.seconds['total']:.1f} s\n{report(result.report)}\n    committed to {result.run}"
     )
@@ -151,10 +151,15 @@ def runs(found: Sequence[RunManifest], out: str) -> str:
         count = m.rows.get
         lines.append(
             f"{m.run_id:22s} {m.kind:8s} {m.committed_at:25s} {m.model_version[:12]:12s} {count('total', 0):9d} "
-            f"{count('scored', 0):9d} {count('carried', 0):9d} {count('failed', 0):6d}"
+            f"{_by_model(m):9d} {count('carried', 0):9d} {count('failed', 0):6d}"
         )
     lines.append(f"{len(found)} committed runs in {out}")
     return "\n".join(lines)
+
+
+def _by_model(m: RunManifest) -> int:
+    """The rows the model scored in this run: neither failed nor carried over."""
+    return m.rows.get("scored", 0) - m.rows.get("carried", 0)
 
 
 def figures(values: dict, indent: str = "") -> str:
