@@ -16,6 +16,7 @@ from erosion.train.labelled import LabelSet
 from erosion.train.training import TrainConfig
 
 
+@pytest.mark.slow
 def test_summary_on_ray_matches_a_plain_count(ray_local, small_registry):
     summary = summarize(f"{small_registry}/registry", f"{small_registry}/ratings", seed=0)
     registry = storage.read_table(f"{small_registry}/registry", columns=["patient_id", "visit_date"]).to_pandas()
@@ -30,6 +31,7 @@ def test_summary_on_ray_matches_a_plain_count(ray_local, small_registry):
     assert sum(summary.split_patients.values()) == summary.patients
 
 
+@pytest.mark.slow
 def test_summary_reads_the_registry_from_s3_in_ray_workers(ray_local, small_registry, s3_bucket):
     fs, _ = storage.filesystem(s3_bucket)
     fs.put(f"{small_registry}/registry", f"{s3_bucket[5:]}/registry", recursive=True)
@@ -38,6 +40,7 @@ def test_summary_reads_the_registry_from_s3_in_ray_workers(ray_local, small_regi
     assert remote == summarize(f"{small_registry}/registry", f"{small_registry}/ratings")
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_and_prints_no_ray_info_line(ray_local, tmp_path, capfd):
     assert main(["demo", "--patients", "16", "--epochs", "1", "--out", str(tmp_path)]) == 0
     out, err = capfd.readouterr()
@@ -62,6 +65,7 @@ def test_validate_command_exits_1_and_writes_the_report_on_bad_input(tmp_path, s
     assert problems[["row", "column"]].values.tolist() == [[3, "joint"]]
 
 
+@pytest.mark.slow
 def test_console_script_synth(tmp_path):
     result = subprocess.run(
         ["erosion", "synth", "--patients", "2", "--seed", "4", "--out", str(tmp_path / "r")],
