@@ -1,6 +1,7 @@
 """Grad-CAM: the heat map lies where the model's evidence is; the report shows it for the most disagreed-on joints."""
 
 import base64
+import dataclasses
 import html.parser
 import os
 import re
@@ -298,6 +299,6 @@ def test_a_joint_gone_from_the_registry_is_listed_with_the_reason_and_another_mo
     other = tmp_path / "other"
     model = ErosionCNN(SMALL_MODEL).eval()
     checkpoint.write(str(other), model, checkpoint.ModelCard("", SMALL_MODEL, 0, []))
-    run = runs.manifest(scored) | {"model": str(other)}
+    run = dataclasses.replace(runs.manifest(scored), model=str(other))
     with pytest.raises(ValueError, match="would explain another model"):
         report.build(config, str(tmp_path / "built"), run)

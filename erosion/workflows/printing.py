@@ -144,17 +144,15 @@ def nightly(result: NightlyResult) -> str:
 
 def runs(found: Sequence[RunManifest], out: str) -> str:
     """A table of committed runs, one a line."""
-    lines = [
-        f"{'run':22s} {'kind':8s} {'committed':25s} {'model':12s} {'rows':>9s} {'scored':>9s} {'carried':>9s} failed"
-    ]
+    lines = [_RUNS_ROW.format("run", "kind", "committed", "model", "rows", "scored", "carried", "failed")]
     for m in found:
-        count = m.rows.get
-        lines.append(
-            f"{m.run_id:22s} {m.kind:8s} {m.committed_at:25s} {m.model_version[:12]:12s} {count('total', 0):9d} "
-            f"{_by_model(m):9d} {count('carried', 0):9d} {count('failed', 0):6d}"
-        )
+        counts = [m.rows.get("total", 0), _by_model(m), m.rows.get("carried", 0), m.rows.get("failed", 0)]
+        lines.append(_RUNS_ROW.format(m.run_id, m.kind, m.committed_at, m.model_version[:12], *counts))
     lines.append(f"{len(found)} committed runs in {out}")
     return "\n".join(lines)
+
+
+_RUNS_ROW = "{:22s} {:8s} {:25s} {:12s} {:>9} {:>9} {:>9} {:>6}"
 
 
 def _by_model(m: RunManifest) -> int:
