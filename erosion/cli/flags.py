@@ -45,13 +45,13 @@ def add(parser: argparse.ArgumentParser, config: type, defaults: Any = None) -> 
         parser.add_argument("--" + flag, **options)
 
 
-def build(config: type, args: argparse.Namespace, **given: Any) -> Any:
-    """The ``config`` dataclass from the parsed flags; ``given`` fields are set by the caller instead."""
+def build(config: type, args: argparse.Namespace) -> Any:
+    """The ``config`` dataclass from the parsed flags (a field kept off the command line keeps its default)."""
     hints = typing.get_type_hints(config)
     values = {}
     for f in dataclasses.fields(config):
         meta = f.metadata
-        if f.name in given or not meta.get("cli", True):
+        if not meta.get("cli", True):
             continue
         kind = hints[f.name]
         if dataclasses.is_dataclass(kind) and not meta.get("parse"):
@@ -61,7 +61,7 @@ def build(config: type, args: argparse.Namespace, **given: Any) -> Any:
                 values[f.name] = meta["parse"](getattr(args, f.name))
         else:
             values[f.name] = getattr(args, f.name)
-    return config(**values, **given)
+    return config(**values)
 
 
 def _shown(default: Any) -> str:

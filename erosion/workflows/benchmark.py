@@ -154,10 +154,10 @@ class ScoreBenchConfig:
     sizes: tuple[int, ...] = setting("comma-separated registry sizes", (10_000, 100_000))
     model_only_rows: int = setting("at most this many in-memory crops for the model-only rate", 100_000)
     naive_rows: int = setting("at most this many for the naive one-process rate", 5_000)
-    batch_size: int = setting("crops per model call", 256)
-    actors: int = setting("model actors", 1)
-    gpus_per_actor: float = setting("> 0: each actor scores on a GPU", 0.0)
-    cpus_per_actor: float = setting("CPUs per model actor", 0.5)
+    batch_size: int = setting("crops per model call", scoring.ScoreConfig.batch_size)  # scoring's own defaults
+    actors: int = setting("model actors", scoring.ScoreConfig.actors)
+    gpus_per_actor: float = setting("> 0: each actor scores on a GPU", scoring.ScoreConfig.gpus_per_actor)
+    cpus_per_actor: float = setting("CPUs per model actor", scoring.ScoreConfig.cpus_per_actor)
     json: str = setting("also write the figures here", "")
 
 
