@@ -7,10 +7,13 @@ import the shared constants and helpers by name: ``from conftest import SMALL_MO
 from __future__ import annotations
 
 import os
+import posixpath
+import secrets
 import socket
 
 import pytest
 
+from erosion.io import runs, storage
 from erosion.model.network import ModelConfig
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray listens on 127.0.0.1 only
@@ -26,12 +29,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def attempts(run: str) -> list[str]:
+    """The names of the attempt folders in a run folder (local or ``s3://``), sorted."""
+    fs, path = storage.filesystem(run)
+    if not fs.exists(path):
+        return []
+    names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)]
+    return sorted(n for n in names if n.startswith(runs.ATTEMPT))
+
+
 S3_PORT = free_port()
+S3_SECRET = secrets.token_urlsafe(24)  # random: a test checks that no file or log the suite made holds it
 os.environ.update(
     {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
         "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
         "AWS_DEFAULT_REGION": "us-east-1",
     }
 )

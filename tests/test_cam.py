@@ -4,7 +4,6 @@ import base64
 import dataclasses
 import html.parser
 import os
-import re
 
 import numpy as np
 import pandas as pd
@@ -19,7 +18,7 @@ from erosion.cli.main import main
 from erosion.io import runs
 from erosion.model import checkpoint
 from erosion.model.network import ErosionCNN, probabilities
-from erosion.report import cam, report, tables
+from erosion.report import cam, figures, report, tables
 from erosion.score import scoring
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -236,7 +235,7 @@ def scored(ray_local, small_registry, untrained_model, tmp_path_factory) -> str:
 
 def _stages(run: str, ratings: str) -> tuple[pd.DataFrame, str, list[str]]:
     """An independent join of a run's scores and the ratings: the stages, the model's name and the human raters."""
-    scores = pq.read_table(f"{run}/scores").to_pandas().set_index("joint_id")
+    scores = pq.read_table(runs.manifest(run).path("scores")).to_pandas().set_index("joint_id")
     rater = tables.model_rater(runs.manifest(run).model_version)
     wide = pq.read_table(ratings).to_pandas().pivot(index="joint_id", columns="rater", values="ratingen")
     stages = scores[["joint"]].assign(**{rater: scores["ratingen_pred"].astype(float)}).join(wide.astype(float))
@@ -248,7 +247,7 @@ def test_the_report_draws_and_links_heat_maps_of_the_most_disagreed_on_joints(sc
     run, ratings = scored, f"{small_registry}/ratings"
     argv = ["report", "--scores", run, "--ratings", ratings, "--cam", "3", "--registry", f"{small_registry}/registry"]
     assert main(argv) == 0
-    out = f"{run}/report"
+    out = runs.manifest(f"{run}/report").path("tables")
     cams = sorted(f for f in os.listdir(f"{out}/figures") if f.startswith("cam_"))
     assert len(cams) == 3
     for name in cams:
@@ -256,7 +255,7 @@ def test_the_report_draws_and_links_heat_maps_of_the_most_disagreed_on_joints(sc
 
     stages, rater, humans = _stages(run, ratings)
     chosen = cam.most_disagreed(stages, rater, humans, 3)
-    assert sorted(f"cam_{re.sub('[^A-Za-z0-9]+', '-', j)}.png" for j in chosen) == cams
+    assert sorted(figures.cam_file_name(j) for j in chosen) == cams
 
     page = _Page()
     page.feed(open(f"{out}/report.html", encoding="utf-8").read())
@@ -289,10 +288,10 @@ def test_a_joint_gone_from_the_registry_is_listed_with_the_reason_and_another_mo
     config = report.ReportConfig(
         scored, ratings, out=str(tmp_path / "report"), cam=2, registry=str(tmp_path / "registry")
     )
-    report.report(config)
-    assert len([f for f in os.listdir(tmp_path / "report" / "figures") if f.startswith("cam_")]) == 1
+    folder = report.report(config).out
+    assert len([f for f in os.listdir(f"{folder}/figures") if f.startswith("cam_")]) == 1
     page = _Page()
-    page.feed(open(tmp_path / "report" / "report.html", encoding="utf-8").read())
+    page.feed(open(f"{folder}/report.html", encoding="utf-8").read())
     row = next(row for row in page.rows if row and row[0] == gone)
     assert row[-1] == f"not in the registry: {tmp_path / 'registry'}"
 

@@ -139,3 +139,57 @@ def test_unknown_keys_in_the_column_map_are_refused(tmp_path):
     (tmp_path / "c.json").write_text('{"patient": "pid"}')
     with pytest.raises(ValueError, match="unknown keys \\['patient'\\]"):
         ingest.load_column_map(str(tmp_path / "c.json"))
+
+
+def _long_export(tmp_path, rows: str, image_name: str = "{sop_iuid}_{joint}.png") -> ingest.IngestConfig:
+    (tmp_path / "crops").mkdir(exist_ok=True)
+    (tmp_path / "crops" / "9.1_pip2.png").write_bytes(_jpeg(50))
+    (tmp_path / "secret.png").write_bytes(_jpeg(50))  # outside the crops folder
+    (tmp_path / "labels.csv").write_bytes(b"patient_id,visit_date,sop_iuid,body_part,joint,score\n" + rows.encode())
+    return ingest.IngestConfig(
+        labels=str(tmp_path / "labels.csv"),
+        images=str(tmp_path / "crops"),
+        out=str(tmp_path / "out"),
+        form="long",
+        label_kind="stage",
+        image_name=image_name,
+        columns=ingest.ColumnMap(label="score"),
+    )
+
+
+def test_an_image_path_that_would_read_outside_the_images_folder_is_a_row_error(tmp_path):
+    rows = "p9,2021-06-01,9.1,hand_right,pip2,2\np9,2021-06-01,../secret,hand_right,pip3,2\n"
+    rows += f"p9,2021-06-01,{tmp_path}/secret,hand_right,pip4,1\n"
+    ingest.ingest(_long_export(tmp_path, rows))
+    errors = {e["line"]: e["reason"] for e in storage.read_table(str(tmp_path / "out/ingest_errors")).to_pylist()}
+    assert errors == {
+        3: "image path '../secret_pip3.png' would read outside --images",
+        4: f"image path '{tmp_path}/secret_pip4.png' would read outside --images",
+    }
+    assert storage.read_table(str(tmp_path / "out/registry"))["joint_id"].to_pylist() == ["9.1/pip2"]
+    (tmp_path / "t").mkdir()
+    ingest.ingest(_long_export(tmp_path / "t", "p9,2021-06-01,9.1,hand_right,pip2,2\n", "/{sop_iuid}_{joint}.png"))
+    (error,) = storage.read_table(str(tmp_path / "t/out/ingest_errors")).to_pylist()
+    assert error["reason"] == "image path '/9.1_pip2.png' would read outside --images"
+
+
+@pytest.mark.parametrize(
+    ("rows", "reason"),
+    [
+        (
+            "p9,2021-06-01,9.1,hand_right,pip2,2\np9,2021-06-01,9.1,hand_right\n",
+            r"line 3: 4 fields where the header has 6",
+        ),
+        ('p9,2021-06-01,9.1,hand_right,pip2,2\np9,"2021-06-01,9.1,hand_right,pip3,1\n', r"line 3: malformed CSV"),
+        ("p9,2021-06-01,9.1,hand_right,pip2,2\np\xe9,2021-06-01,9.1,hand_right,pip3,1\n", r"line 3: not UTF-8"),
+    ],
+    ids=["ragged", "quoting", "not-utf8"],
+)
+def test_a_malformed_csv_is_refused_naming_the_line_and_nothing_is_published(tmp_path, rows, reason):
+    config = _long_export(tmp_path, "")
+    (tmp_path / "labels.csv").write_bytes(
+        b"patient_id,visit_date,sop_iuid,body_part,joint,score\n" + rows.encode("latin-1")
+    )
+    with pytest.raises(ValueError, match=reason):
+        ingest.ingest(config)
+    assert not (tmp_path / "out").exists()

@@ -159,8 +159,8 @@ def test_score_job_submitted_with_the_token_commits_its_run_on_s3_and_without_it
     run = f"{s3_bucket}/runs/submitted"
     manifest = runs.manifest(run)
     assert manifest.rows["total"] == rows == 10 and manifest.rows["scored"] + manifest.rows["failed"] == rows
-    assert sum(storage.row_counts(f"{run}/scores").values()) == rows
-    assert sum(storage.row_counts(f"{run}/rau").values()) == 1
+    assert sum(storage.row_counts(runs.manifest(run).path("scores")).values()) == rows
+    assert sum(storage.row_counts(runs.manifest(run).path("rau")).values()) == 1
 
     secret = ray_head.token.read_bytes()
     outputs = [refused.stdout, refused.stderr, done.stdout, done.stderr]

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import SMALL_MODEL
+from conftest import SMALL_MODEL, attempts
 
 from erosion.cli.main import main
 from erosion.io import runs, storage
@@ -59,7 +59,9 @@ def test_carry_takes_the_percent_where_the_scores_have_one_and_nan_where_they_pr
 
 
 def _scores(run: str) -> dict[str, tuple]:
-    table = pq.read_table(f"{run}/scores", columns=["joint_id", "probs", "carried", "error"]).to_pylist()
+    table = pq.read_table(
+        runs.manifest(run).path("scores"), columns=["joint_id", "probs", "carried", "error"]
+    ).to_pylist()
     return {r["joint_id"]: (r["probs"], r["carried"], r["error"]) for r in table}
 
 
@@ -114,8 +116,15 @@ def test_the_second_night_carries_every_scored_joint_over_with_the_same_scores(n
     assert s1.keys() == s2.keys()
     for joint, (probs, carried, error) in s2.items():
         assert carried and error is None and probs == pytest.approx(s1[joint][0], abs=0)
-    for name in ("scores", "rau", "report/report.html", "report/agreement.parquet"):
-        assert os.path.exists(f"{second.run}/{name}"), name
+    files = len(m1.inputs)
+    assert files >= 2 and m1.rows["files_read"] == files and m1.rows["rows_read"] == m1.rows["total"]
+    # nothing changed: no registry file is read at all, every row copied by its file
+    assert m2.rows["files_read"] == 0 and m2.rows["rows_read"] == 0 and m2.rows["files_carried"] == files
+    sources = pq.read_table(m2.path("scores"), columns=["source_file"])["source_file"].to_pylist()
+    assert {s: sources.count(s) for s in set(sources)} == {f: i["rows"] for f, i in m2.inputs.items()}
+    for name in ("scores", "rau", "report"):
+        assert os.path.exists(m2.path(name)), name
+    assert os.path.exists(f"{os.path.dirname(m2.path('report'))}/agreement.parquet")
     assert m2.kind == "nightly" and set(m2.seconds) == {"scoring", "report", "total"}
     assert sum(f["rows"] for f in m2.inputs.values()) == m2.rows["total"]
     assert {"python", "ray", "torch", "pyarrow"} <= set(m2.versions)
@@ -127,7 +136,8 @@ def test_the_same_night_twice_changes_nothing_and_makes_no_second_copy(nights):
     assert not again.ran and again.manifest.committed_at == second.manifest.committed_at
     ids = [m.run_id for m in runs.committed(nights["out"])]
     assert ids == ["2026-11-21", "2026-11-22", "2026-11-23", "2026-11-24"]
-    assert not os.listdir(f"{nights['out']}/_staging")  # nothing left half-written
+    for m in runs.committed(nights["out"]):  # nothing left half-written: one attempt folder a night
+        assert attempts(m.run) == [m.attempt]
 
 
 @pytest.mark.slow
@@ -137,6 +147,9 @@ def test_a_changed_image_and_new_joints_are_scored_and_the_rest_carried(nights):
     s2, s3 = _scores(second.run), _scores(third.run)
     before = nights["nights"][0].manifest.rows["total"]
     assert m.rows["total"] == before + 3 and m.rows["carried"] == before - 1
+    changed_file = min(m.inputs)  # the first file, rewritten; and the new one: only these two are read
+    assert m.rows["files_read"] == 2 and m.rows["files_carried"] == len(m.inputs) - 2
+    assert m.rows["rows_read"] == m.inputs[changed_file]["rows"] + 3
     assert not s3[nights["changed"]][1] and s3[nights["changed"]][0] != s2[nights["changed"]][0]
     assert all(not s3[j][1] for j in s3 if j.startswith("new/"))
     assert sum(carried for _, carried, _ in s3.values()) == m.rows["carried"]

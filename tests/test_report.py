@@ -42,14 +42,14 @@ def scored(ray_local, small_registry, untrained_model, tmp_path_factory) -> dict
 
 @pytest.fixture(scope="module")
 def made(scored) -> str:
-    """The report of that run, made through the command line; returns its folder."""
+    """The report of that run, made through the command line; returns the folder of its tables and page."""
     assert main(["report", "--scores", scored["run"], "--ratings", scored["ratings"]]) == 0
-    return f"{scored['run']}/report"
+    return runs.manifest(f"{scored['run']}/report").path("tables")
 
 
 def _stages(scored) -> tuple[pd.DataFrame, str]:
     """An independent join of the run's scores and the ratings: joint, then one column per rater."""
-    scores = pq.read_table(f"{scored['run']}/scores").to_pandas()
+    scores = pq.read_table(runs.manifest(scored["run"]).path("scores")).to_pandas()
     model = tables.model_rater(scores["model_version"].iloc[0])
     scores = scores[scores["error"].isna()].set_index("joint_id")
     ratings = pq.read_table(scored["ratings"]).to_pandas()
@@ -61,7 +61,7 @@ def _stages(scored) -> tuple[pd.DataFrame, str]:
 def test_every_file_is_written_and_every_input_row_is_accounted_for(scored, made):
     for name in TABLES:
         assert os.path.isfile(f"{made}/{name}.parquet"), name
-    assert runs.manifest(made).kind == "report"
+    assert runs.manifest(f"{scored['run']}/report").kind == "report"
     pngs = sorted(os.listdir(f"{made}/figures"))
     assert len(pngs) == 7 and "venn.png" in pngs  # six pairs of four raters, and the Venn diagram
     for png in pngs:
@@ -222,7 +222,7 @@ def test_a_failed_report_leaves_nothing_that_looks_complete(scored):
     config = report.ReportConfig(scored["run"], scored["ratings"], out=out, venn=("registry", "nobody", "x"))
     with pytest.raises(ValueError, match="Venn diagram takes three of the raters"):
         report.report(config)
-    assert not os.path.exists(out)
+    assert not os.path.exists(f"{out}/manifest.json")
     with pytest.raises(FileNotFoundError, match="not a committed run"):
         report.report(report.ReportConfig(f"{scored['folder']}/runs/missing", scored["ratings"], out=out))
 
@@ -234,7 +234,7 @@ def test_the_report_reads_and_writes_s3(scored, made, s3_bucket):
     fs.put(scored["ratings"], f"{s3_bucket}/ratings", recursive=True)
     config = report.ReportConfig(f"{s3_bucket}/runs/night", f"{s3_bucket}/ratings", out=f"{s3_bucket}/reports/night")
     result = report.report(config)
-    assert runs.manifest(result.out).kind == "report"
+    assert runs.manifest(f"{s3_bucket}/reports/night").kind == "report"
     local = pd.read_parquet(f"{made}/agreement.parquet")
     remote = storage.read_table(f"{result.out}/agreement.parquet").to_pandas()
     pd.testing.assert_frame_equal(local, remote)

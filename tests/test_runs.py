@@ -20,10 +20,10 @@ def _manifest() -> runs.RunManifest:
 
 def test_a_manifest_reads_back_as_it_was_written(tmp_path):
     out = str(tmp_path)
-    runs.begin(out, "r1")
-    runs.commit(out, "r1", _manifest())
+    with runs.begin(out, "r1") as attempt:
+        attempt.commit(_manifest())
     (found,) = runs.committed(out)
-    assert found == runs.RunManifest(**{**_manifest().to_json(), "run": runs.run_url(out, "r1")})
+    assert found == runs.RunManifest(**{**_manifest().to_json(), "attempt": attempt.name, "run": attempt.run})
     assert "run" not in _manifest().to_json()
 
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
-from conftest import SMALL_MODEL
+from conftest import SMALL_MODEL, attempts
 from PIL import Image
 
 from erosion.core import domain, schema
@@ -87,7 +87,7 @@ def hostile_run(ray_local, hostile, tmp_path_factory) -> scoring.ScoreResult:
 
 def test_every_hostile_row_comes_out_once_and_valid_crops_score_as_one_by_one(hostile, hostile_run):
     crops = {c[0]: c for c in _hostile_crops()}
-    scores = storage.read_table(f"{hostile_run.run}/scores").to_pylist()
+    scores = storage.read_table(runs.manifest(hostile_run.run).path("scores")).to_pylist()
     assert sorted(r["joint_id"] for r in scores) == sorted(crops)  # exactly once each
     model, card = checkpoint.load(hostile[1])
     valid = np.array([row["probs"] for row in scores if row["error"] is None])
@@ -112,10 +112,12 @@ def test_test_time_augmentation_scores_the_mean_over_fixed_views(ray_local, host
     config = scoring.ScoreConfig(registry, model_url, str(tmp_path), run_id="tta", batch_size=4, tta=3, tta_seed=7)
     run = scoring.score(config).run
     crops = {c[0]: c for c in _hostile_crops()}
-    plain = {r["joint_id"]: r["probs"] for r in storage.read_table(f"{hostile_run.run}/scores").to_pylist()}
+    plain = {
+        r["joint_id"]: r["probs"] for r in storage.read_table(runs.manifest(hostile_run.run).path("scores")).to_pylist()
+    }
     model, _ = checkpoint.load(model_url)
     views = augment.views(3, seed=7)
-    scored = [r for r in storage.read_table(f"{run}/scores").to_pylist() if r["error"] is None]
+    scored = [r for r in storage.read_table(runs.manifest(run).path("scores")).to_pylist() if r["error"] is None]
     assert len(scored) == 6 and runs.manifest(run).config["tta"] == 3
     for row in scored:
         alone = probabilities(model, letterbox(crops[row["joint_id"]][2], 64)[None], views)[0]
@@ -128,7 +130,7 @@ def test_a_cdf_head_scores_its_percent_and_the_percents_stage_beside_the_stage_p
 ):
     model_url = untrained_model(tmp_path / "cdf", dataclasses.replace(SMALL_MODEL, head="cdf"))
     config = scoring.ScoreConfig(hostile[0], model_url, str(tmp_path / "runs"), run_id="cdf", batch_size=4, tta=2)
-    rows = storage.read_table(f"{scoring.score(config).run}/scores").to_pylist()
+    rows = storage.read_table(runs.manifest(scoring.score(config).run).path("scores")).to_pylist()
     crops = {c[0]: c for c in _hostile_crops()}
     model, _ = checkpoint.load(model_url)
     scored = [r for r in rows if r["error"] is None]
@@ -153,14 +155,14 @@ def test_the_run_is_committed_with_counts_reasons_and_rau(hostile_run):
     }
     assert hostile_run.errors == manifest.errors and len(hostile_run.examples) == 5
     assert sum(manifest.input_rows.values()) == 11 and manifest.model_version == hostile_run.model_version
-    scores = storage.read_table(f"{hostile_run.run}/scores")
-    visit = storage.read_table(f"{hostile_run.run}/rau").to_pylist()
+    scores = storage.read_table(runs.manifest(hostile_run.run).path("scores"))
+    visit = storage.read_table(runs.manifest(hostile_run.run).path("rau")).to_pylist()
     assert len(visit) == 1
     stage_sum = int(np.nansum(scores["ratingen_pred"].to_numpy(zero_copy_only=False).astype(float)))
     assert visit[0]["joints_scored"] == 6 and visit[0]["joints_failed"] == 5 and visit[0]["stage_sum"] == stage_sum
     assert visit[0]["rau"] == pytest.approx(stage_sum * 38 / 6)
     assert visit[0]["joints"] == [f"hand_left/{j}" for j in ("mcp1", "mcp2", "mcp3", "mcp4", "mcp5", "pip5")]
-    assert not os.path.exists(os.path.join(os.path.dirname(hostile_run.run), "_staging", "hostile"))
+    assert attempts(hostile_run.run) == [manifest.attempt]
 
 
 def test_scoring_reads_and_writes_s3(hostile, hostile_run, s3_bucket):
@@ -171,15 +173,15 @@ def test_scoring_reads_and_writes_s3(hostile, hostile_run, s3_bucket):
     config = scoring.ScoreConfig(f"{s3_bucket}/registry", f"{s3_bucket}/model", f"{s3_bucket}/runs", run_id="s3")
     result = scoring.score(config)
     assert result.run == f"{s3_bucket}/runs/s3" and runs.manifest(result.run).rows["total"] == 11
-    remote = storage.read_table(f"{result.run}/scores").sort_by("joint_id")
-    local = storage.read_table(f"{hostile_run.run}/scores").sort_by("joint_id")
+    remote = storage.read_table(runs.manifest(result.run).path("scores")).sort_by("joint_id")
+    local = storage.read_table(runs.manifest(hostile_run.run).path("scores")).sort_by("joint_id")
     floats = ["run_id", "probs", "ratingen_expected"]  # batches of another size round differently
     assert remote.drop_columns(floats).equals(local.drop_columns(floats))
     for column in floats[1:]:
         for a, b in zip(remote[column].to_pylist(), local[column].to_pylist(), strict=True):
             assert (a is None and b is None) or np.allclose(a, b, atol=1e-5), (column, a, b)
-    assert storage.read_table(f"{result.run}/rau").num_rows == 1
-    assert not fs.exists(f"{s3_bucket[5:]}/runs/_staging/s3")
+    assert storage.read_table(runs.manifest(result.run).path("rau")).num_rows == 1
+    assert attempts(result.run) == [runs.manifest(result.run).attempt]
 
 
 def test_a_retried_task_neither_drops_nor_duplicates_a_row(ray_local, small_registry, hostile, tmp_path):
@@ -193,7 +195,7 @@ def test_a_retried_task_neither_drops_nor_duplicates_a_row(ray_local, small_regi
     )
     result = scoring.score(config)
     assert marker.exists()  # a decode task's worker died once, and Ray ran the task again
-    ids = storage.read_table(f"{result.run}/scores", ["joint_id"])["joint_id"].to_pylist()
+    ids = storage.read_table(runs.manifest(result.run).path("scores"), ["joint_id"])["joint_id"].to_pylist()
     expected = storage.read_table(f"{small_registry}/registry", ["joint_id"])["joint_id"].to_pylist()
     assert sorted(ids) == sorted(expected) and result.failed == 0
     assert "faults" not in runs.manifest(result.run).config  # a test hook, never recorded
@@ -221,22 +223,21 @@ def test_a_killed_run_commits_nothing_and_the_rerun_commits_everything(
     command = ["erosion", "score", "--registry", str(registry), "--model", model, "--out", str(out)]
     command += ["--run-id", "night", "--batch-size", "16", "--address", ray.get_runtime_context().gcs_address]
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    staged = out / "_staging" / "night" / "scores"
     try:
         deadline = time.monotonic() + 180
-        while not (staged.exists() and any(staged.glob("*.parquet"))) and time.monotonic() < deadline:
+        while not any(out.glob("night/_attempt-*/scores/*.parquet")) and time.monotonic() < deadline:
             assert driver.poll() is None, "the scoring run ended before it could be killed"
             time.sleep(0.05)
         assert time.monotonic() < deadline, "no scores were staged in time"
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
-    assert not (out / "night").exists()  # some scores were written, but only to staging: nothing committed
+    (killed,) = attempts(str(out / "night"))  # some scores were written, but only to the attempt's folder
     with pytest.raises(FileNotFoundError, match="not a committed run"):
         runs.manifest(str(out / "night"))
 
     result = scoring.score(scoring.ScoreConfig(str(registry), model, str(out), run_id="night", batch_size=64))
     assert runs.manifest(result.run).rows["total"] == 400 and result.scored == 400
-    ids = storage.read_table(f"{result.run}/scores", ["joint_id"])["joint_id"].to_pylist()
+    ids = storage.read_table(runs.manifest(result.run).path("scores"), ["joint_id"])["joint_id"].to_pylist()
     assert len(ids) == len(set(ids)) == 400
-    assert not (out / "_staging" / "night").exists()
+    assert attempts(result.run) == [runs.manifest(result.run).attempt] != [killed]  # the rerun removed the leftovers

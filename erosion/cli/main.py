@@ -10,20 +10,30 @@ import sys
 from collections.abc import Callable, Sequence
 
 from erosion.cli import flags
-from erosion.io import runs, storage
+from erosion.io import leases, runs, storage
 from erosion.registry import ingest, synth, validate
 from erosion.report import report
 from erosion.score import scoring
 from erosion.train import evaluate, experiments, training
 from erosion.workflows import benchmark, demo, nightly, printing
 
+# What a run refuses or fails with on bad input or storage (a missing table, a wrong schema, an unreachable or
+# refusing S3, another run holding the output folder): said in one line, no traceback unless --verbose.
+REFUSALS = (OSError, ValueError, leases.Held, scoring.RunFailed)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one ``erosion`` sub-command; returns the process exit code."""
+    """Run one ``erosion`` sub-command; returns the process exit code (1 where it refused or failed)."""
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("erosion").setLevel(logging.INFO if args.verbose else logging.WARNING)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except REFUSALS as error:
+        if args.verbose:
+            raise
+        print(f"erosion {args.command}: error: {error}\n(--verbose shows the traceback)", file=sys.stderr)
+        return 1
 
 
 def parser() -> argparse.ArgumentParser:
@@ -36,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
         if ray:
             p.add_argument("--address", help="a Ray cluster to join (default: $RAY_ADDRESS or a local Ray)")
         p.add_argument("--verbose", action="store_true", help="Ray's own logs and progress bars on the terminal too")
-        p.set_defaults(run=functools.partial(_run, job, config, ray))
+        p.set_defaults(run=functools.partial(_run, job, config, ray), command=name)
     for name in ("synth", "ingest"):
         flags.add(commands.choices[name], storage.StorageOptions)
     commands.choices["experiment"].add_argument("kind", choices=experiments.KINDS, help=experiments.KINDS_HELP)

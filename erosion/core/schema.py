@@ -52,6 +52,7 @@ SCORES = pa.schema(
         pa.field("error", pa.string()),  # "<reason>: <detail>" for a row that could not be scored, else null
         pa.field("fingerprint", pa.binary(16)),  # BLAKE2b-128 of joint_id and image: what carry-over compares
         pa.field("carried", pa.bool_(), nullable=False),  # the score was carried over from an earlier run
+        pa.field("source_file", pa.string()),  # the registry file the row came from, as the run's manifest names it
     ]
 )
 """Scores, one row per registry row per run: scored, or with its error."""

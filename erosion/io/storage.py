@@ -11,8 +11,11 @@ S3 settings come from the standard AWS environment (``AWS_ENDPOINT_URL``, ``AWS_
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import posixpath
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -35,6 +38,28 @@ class StorageOptions:
     )
     region: str | None = setting("e.g. eu-central-1 (default: $AWS_REGION)", None, flag="s3-region")
     profile: str | None = setting("a profile of ~/.aws/credentials", None, flag="aws-profile")
+
+
+class StorageError(OSError):
+    """A storage location that cannot be used (unreachable, credentials refused): the message names it and why."""
+
+
+def reach(*urls: str, options: StorageOptions | None = None) -> None:
+    """Fail before anything is written where an ``s3://`` URL's endpoint cannot be reached or refuses the
+    credentials (StorageError naming the endpoint and the URL)."""
+    options = options or StorageOptions()
+    endpoint = options.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+    for url in filter(_remote, urls):
+        fs, path = filesystem(url, options)
+        try:
+            fs.exists(path)
+        except PermissionError as error:
+            raise StorageError(
+                f"S3 at {endpoint} refused access to {url} ({error}): check the credentials (AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or --aws-profile) and the bucket's policy."
+            ) from None
+        except Exception as error:  # botocore's connection errors are not OSErrors
+            raise StorageError(f"cannot reach S3 at {endpoint} for {url}: {error}") from None
 
 
 def filesystem(url: str, options: StorageOptions | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -85,7 +110,10 @@ def footers(url: str, options: StorageOptions | None = None) -> dict[str, pq.Fil
     metadata = {}
     for file in parquet_files(url, options):
         with fs.open(file, "rb") as f:
-            metadata[file] = pq.ParquetFile(f).metadata
+            try:
+                metadata[file] = pq.ParquetFile(f).metadata
+            except pa.ArrowInvalid as error:
+                raise ValueError(f"{file} is not a Parquet file ({error}).") from None
     return metadata
 
 
@@ -94,15 +122,24 @@ def row_counts(url: str, options: StorageOptions | None = None) -> dict[str, int
     return {file: meta.num_rows for file, meta in footers(url, options).items()}
 
 
-def snapshot(url: str, options: StorageOptions | None = None) -> dict[str, dict]:
-    """Each Parquet file of a table with its rows, bytes and version (S3 ETag or local modification time)."""
+def snapshot(
+    url: str, options: StorageOptions | None = None, metadata: dict[str, pq.FileMetaData] | None = None
+) -> dict[str, dict]:
+    """Each Parquet file of a table with its rows, bytes, version (S3 version id or ETag, else the local
+    modification time) and a digest of its footer: what tells an unchanged file from a changed one."""
     fs, _ = filesystem(url, options)
-    rows = row_counts(url, options)
+    metadata = footers(url, options) if metadata is None else metadata
     found = {}
-    for file, count in rows.items():
+    for file, meta in metadata.items():
         info = fs.info(file)
-        version = info.get("ETag") or info.get("mtime") or info.get("LastModified")
-        found[file] = {"rows": count, "bytes": int(info["size"]), "version": str(version).strip('"')}
+        version = info.get("VersionId") or info.get("ETag") or info.get("mtime") or info.get("LastModified")
+        footer = hashlib.blake2b(json.dumps(meta.to_dict(), sort_keys=True, default=str).encode(), digest_size=8)
+        found[file] = {
+            "rows": meta.num_rows,
+            "bytes": int(info["size"]),
+            "version": str(version).strip('"'),
+            "footer": footer.hexdigest(),
+        }
     return found
 
 
@@ -150,7 +187,52 @@ def write_bytes(url: str, content: bytes, options: StorageOptions | None = None)
 
 def write_json(url: str, content: dict, options: StorageOptions | None = None) -> None:
     """Write a small JSON document (a manifest, a summary) in one piece."""
-    write_bytes(url, json.dumps(content, indent=2, default=str).encode(), options)
+    write_bytes(url, encode_json(content), options)
+
+
+def encode_json(content: dict) -> bytes:
+    """A JSON document as :func:`write_json` writes it."""
+    return json.dumps(content, indent=2, default=str).encode()
+
+
+def write_atomic(url: str, content: bytes, options: StorageOptions | None = None) -> None:
+    """Replace a small file so that a reader sees the old content or the new, never a part: a rename on local
+    disk (written and synced under a hidden name first), one PUT on S3."""
+    fs, path = filesystem(url, options)
+    if _remote(url):
+        fs.pipe_file(path, content)
+        return
+    temporary = _local_temporary(path, content)
+    os.replace(temporary, path)
+
+
+def create_exclusive(url: str, content: bytes, options: StorageOptions | None = None) -> None:
+    """Write a small file only where none exists yet, else FileExistsError: of any number of writers racing for
+    one name exactly one succeeds (a hard link on local disk, ``If-None-Match: "*"`` on S3)."""
+    fs, path = filesystem(url, options)
+    if _remote(url):
+        fs.pipe_file(path, content, mode="create")  # s3fs turns the server's 412 into FileExistsError
+        return
+    temporary = _local_temporary(path, content)
+    try:
+        os.link(temporary, path)
+    finally:
+        os.unlink(temporary)
+
+
+def _remote(url: str) -> bool:
+    return "://" in url and not url.startswith("file://")
+
+
+def _local_temporary(path: str, content: bytes) -> str:
+    """``content`` written and synced to a hidden file beside ``path`` (its folder made as needed)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
+    with open(temporary, "wb") as f:
+        f.write(content)
+        f.flush()
+        os.fsync(f.fileno())
+    return temporary
 
 
 def write_table(url: str, table: pa.Table, options: StorageOptions | None = None) -> None:
@@ -162,13 +244,17 @@ def write_table(url: str, table: pa.Table, options: StorageOptions | None = None
 
 def read_json(url: str, options: StorageOptions | None = None) -> dict:
     """Read a JSON document written by :func:`write_json`."""
+    return json.loads(read_bytes(url, options))
+
+
+def read_bytes(url: str, options: StorageOptions | None = None) -> bytes:
+    """A small file's content; FileNotFoundError if there is none."""
     fs, path = filesystem(url, options)
-    with fs.open(path, "r") as f:
-        return json.load(f)
+    return fs.cat_file(path)
 
 
 class TableWriter:
-    """Writes a table as ``part-00000.parquet``, ``part-00001.parquet``, ... under a folder, streaming.
+    """Writes a table as ``part-00000.parquet``, ``part-00001.parquet``, ... (``prefix``) under a folder, streaming.
 
     Each file is written under a hidden staging name and moved to its final name when complete, so a
     reader never sees a half-written file (on S3 an object appears only when its upload completes).
@@ -182,12 +268,14 @@ class TableWriter:
         rows_per_file: int = 10_000,
         options: StorageOptions | None = None,
         row_group_rows: int = 1024,
+        prefix: str = "part",
     ) -> None:
         if rows_per_file < 1:
             raise ValueError(f"rows_per_file must be >= 1, got {rows_per_file}.")
         self.fs, self.path = filesystem(url, options)
         self.schema = schema
         self.rows_per_file = rows_per_file
+        self.prefix = prefix
         self.files: list[str] = []
         self.rows = 0
         self._writer: pq.ParquetWriter | None = None
@@ -243,10 +331,10 @@ class TableWriter:
             self.fs.rm(self._staging_name())
 
     def _final_name(self) -> str:
-        return posixpath.join(self.path, f"part-{len(self.files):05d}.parquet")
+        return posixpath.join(self.path, f"{self.prefix}-{len(self.files):05d}.parquet")
 
     def _staging_name(self) -> str:
-        return posixpath.join(self.path, f".part-{len(self.files):05d}.parquet.staging")
+        return posixpath.join(self.path, f".{self.prefix}-{len(self.files):05d}.parquet.staging")
 
     def _open(self) -> None:
         staging = self._staging_name()

@@ -15,6 +15,7 @@ with its CSV line and reason; everything else is ingested.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import json
 import posixpath
@@ -117,6 +118,7 @@ def ingest(config: IngestConfig, options: storage.StorageOptions | None = None) 
         raise ValueError(
             f"form must be wide or long and label_kind pct or stage, got {config.form}, {config.label_kind}."
         )
+    check_csv(config.labels, options)  # a malformed CSV is refused before anything is written
     out = config.out.rstrip("/")
     images_fs, images_path = storage.filesystem(config.images, options)
     registry = storage.TableWriter(f"{out}/registry", schema.REGISTRY, config.rows_per_file, options)
@@ -137,6 +139,7 @@ def ingest(config: IngestConfig, options: storage.StorageOptions | None = None) 
                     raise _RowError(record.column, f"duplicate label of {record.joint_id!r} by {record.rater!r}")
                 if record.joint_id not in seen_images:
                     image = _read_image(images_fs, posixpath.join(images_path, _image_name(config, record)), rating)
+
                     if image is None:
                         continue  # a joint that is neither labelled nor imaged is not in the export
                     joints.append(
@@ -243,8 +246,39 @@ def _rating(record: _Record, label_kind: str) -> tuple[float | None, int] | None
     return value, domain.ratingen_stage(value)
 
 
+def check_csv(url: str, options: storage.StorageOptions | None = None) -> None:
+    """ValueError naming the line where the CSV is not UTF-8, has broken quoting or a row whose number of fields
+    is not the header's (blank lines aside)."""
+    fs, path = storage.filesystem(url, options)
+    line = 0
+
+    def decoded(f) -> Iterator[str]:
+        nonlocal line
+        for line, raw in enumerate(f, start=1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{url}, line {line}: not UTF-8 ({error}); nothing was ingested.") from None
+
+    with fs.open(path, "rb") as f:
+        rows = csv.reader(decoded(f), strict=True)
+        try:
+            header = next(rows, [])
+            for row in rows:
+                if row and len(row) != len(header):
+                    fields = f"{len(row)} fields where the header has {len(header)}"
+                    raise ValueError(f"{url}, line {line}: {fields}; nothing was ingested.")
+        except csv.Error as error:
+            raise ValueError(f"{url}, line {line}: malformed CSV ({error}); nothing was ingested.") from None
+
+
 def _image_name(config: IngestConfig, record: _Record) -> str:
-    return config.image_name.format(sop_iuid=record.sop_iuid, body_part=record.body_part, joint=record.joint)
+    """The crop's file name inside --images; a name that would lead outside it (absolute, ``..``) is a row error."""
+    name = config.image_name.format(sop_iuid=record.sop_iuid, body_part=record.body_part, joint=record.joint)
+    normal = posixpath.normpath(name.replace("\\", "/"))
+    if posixpath.isabs(normal) or normal == ".." or normal.startswith("../") or "://" in name:
+        raise _RowError("image", f"image path {name!r} would read outside --images")
+    return name
 
 
 def _read_image(fs, path: str, rating: tuple | None) -> bytes | None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 
 import matplotlib
 
 matplotlib.use("Agg")  # no screen: render to memory
+matplotlib.rcParams["text.parse_math"] = False  # labels hold rater names and joint ids as given: "$" is a dollar
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -19,8 +21,10 @@ from erosion.core.domain import NUM_STAGES  # noqa: E402
 
 
 def safe_name(text: str) -> str:
-    """``text`` fit for a file name: every run of characters other than ASCII letters and digits becomes one hyphen."""
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")
+    """``text`` fit for a file name, and told apart from every other text: its ASCII letters and digits (each run
+    of other characters one hyphen) and 8 hex digits of its hash (``dr.a`` and ``dr-a`` differ)."""
+    readable = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:60]
+    return f"{readable}-{hashlib.blake2b(text.encode(), digest_size=4).hexdigest()}".lstrip("-")
 
 
 def file_name(reference: str, rater: str) -> str:

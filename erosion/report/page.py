@@ -67,16 +67,7 @@ def render(
         " human raters, pair by pair, as Rohrbach et al. (2019) did: the model is treated as one more rater. A"
         " human rater is always the reference of a pair with the model.</p>",
         _facts(context, joints, humans),
-        _table(
-            "Table 1. Where every input row went (accounting.parquet)",
-            pd.DataFrame(
-                {
-                    "Source": tables.accounting["source"],
-                    "Outcome": tables.accounting["outcome"],
-                    "Rows": tables.accounting["rows"].map("{:,}".format),
-                }
-            ),
-        ),
+        _accounting(tables),
         _table("Table 2. Agreement of each pair of raters on all joints (agreement.parquet)", _pair_summary(overall)),
         _table(
             f"Table 3. Intraclass correlation of {', '.join(raters)} on the joints all of them rated:"
@@ -101,6 +92,33 @@ def render(
         if name in plots:
             parts.append(_figure(plots[name], f"{row.rater} against {row.reference}, all joints (n = {row.n:,})."))
     parts += [_cam_section(explained, context.model, humans), _reading(), _notes(pairs)]
+    return _document(context, parts)
+
+
+def nothing_to_compare(tables: Tables, context: Context) -> str:
+    """The page of a run with no joint that both the model and a human rater scored (an empty registry, say)."""
+    parts = [
+        "<h1>Bone erosion scoring: nothing to compare</h1>",
+        "<p>No joint of this run was both scored by the model and rated by a human rater, so there is no"
+        " agreement to report. Table 1 says where every input row went.</p>",
+        _facts(context, "none", []),
+        _accounting(tables),
+    ]
+    return _document(context, parts)
+
+
+def _accounting(tables: Tables) -> str:
+    frame = pd.DataFrame(
+        {
+            "Source": tables.accounting["source"],
+            "Outcome": tables.accounting["outcome"],
+            "Rows": tables.accounting["rows"].map("{:,}".format),
+        }
+    )
+    return _table("Table 1. Where every input row went (accounting.parquet)", frame)
+
+
+def _document(context: Context, parts: list[str]) -> str:
     title = f"Erosion agreement report, run {html.escape(context.run.run_id)}"
     body = "\n".join(p for p in parts if p)
     return f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>' + (
@@ -125,7 +143,7 @@ def _facts(context: Context, joints: str, humans: list[str]) -> str:
         "Registry rows in the run": f"{run.rows.get('total', 0):,} ({run.rows.get('scored', 0):,} scored, "
         f"{run.rows.get('failed', 0):,} could not be scored)",
         "Joints compared": joints + ("" if context.split == "all" else f" (split seed {context.split_seed})"),
-        "Human raters": ", ".join(humans),
+        "Human raters": ", ".join(humans) or "none",
     }
     items = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in facts.items())
     return f"<dl>{items}</dl>"

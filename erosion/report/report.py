@@ -75,12 +75,20 @@ def build(config: ReportConfig, folder: str, run: runs.RunManifest | None = None
     run = run or runs.manifest(config.scores, config.options)
     model = tables.model_rater(run.model_version)
     columns = ["joint_id", "patient_id", "joint", "ratingen_pred", "error"]
-    scores = storage.read_table(f"{config.scores.rstrip('/')}/scores", columns, config.options).to_pandas()
+    scores = storage.read_table(run.path("scores"), columns, config.options).to_pandas()
     ratings = storage.read_table(config.ratings, ["joint_id", "rater", "ratingen"], config.options).to_pandas()
     stages, accounting = tables.join_stages(scores, ratings, model, config.split, config.split_seed)
     humans = [c for c in stages.columns if c not in ("joint", model)]
-    if not humans:
-        raise ValueError(f"no rating in {config.ratings} is of a joint scored in run {config.scores}.")
+    made = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    context = page.Context(
+        run=run, model=model, split=config.split, split_seed=config.split_seed, icc_form=config.icc_form, made=made
+    )
+    html = f"{folder}/report.html"
+    if not humans:  # an empty registry, or no rating of a scored joint: the page says so, and where rows went
+        empty = tables.Tables(accounting, *(pd.DataFrame() for _ in range(4)))
+        storage.write_table(f"{folder}/accounting.parquet", pa.Table.from_pandas(accounting), config.options)
+        storage.write_bytes(html, page.nothing_to_compare(empty, context).encode(), config.options)
+        return ReportResult(out=folder, html=html, raters=[], tables=empty)
     raters = humans + [model]
     venn = tuple(config.venn) or tables.venn_raters(stages, humans, model)
     unknown = set(venn) - set(raters)
@@ -97,11 +105,6 @@ def build(config: ReportConfig, folder: str, run: runs.RunManifest | None = None
     for e in explained:
         if e.file:
             storage.write_bytes(f"{folder}/figures/{e.file}", e.png, config.options)
-    made = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    context = page.Context(
-        run=run, model=model, split=config.split, split_seed=config.split_seed, icc_form=config.icc_form, made=made
-    )
-    html = f"{folder}/report.html"
     storage.write_bytes(html, page.render(result, raters, plots, context, explained).encode(), config.options)
     return ReportResult(out=folder, html=html, raters=raters, tables=result)
 
@@ -139,17 +142,13 @@ def explain(
     ok = list(pixels)
     heat = cam.grad_cam(network, np.stack([pixels[j] for j in ok]), stages.loc[ok, model].to_numpy()) if ok else []
     maps = dict(zip(ok, heat, strict=True))
-    raters, used, explained = [model, *humans], set(), []
+    raters, explained = [model, *humans], []
     for joint_id in chosen:
         rated = {r: float(stages.at[joint_id, r]) for r in raters}
         if joint_id in errors:
             explained.append(cam.Explanation(joint_id, rated, error=errors[joint_id]))
             continue
-        file, copy = figures.cam_file_name(joint_id), 1
-        while file in used:  # two joint ids that differ only in punctuation
-            copy += 1
-            file = figures.cam_file_name(f"{joint_id}-{copy}")
-        used.add(file)
+        file = figures.cam_file_name(joint_id)  # unique per joint id (figures.safe_name)
         title = f"{joint_id}\n" + ", ".join(f"{r}: {'-' if np.isnan(v) else int(v)}" for r, v in rated.items())
         png = cam.overlay_png(pixels[joint_id], maps[joint_id], title)
         explained.append(cam.Explanation(joint_id, rated, file=file, png=png))
@@ -174,20 +173,22 @@ def _images(registry: str, joint_ids: list[str], options: storage.StorageOptions
 
 
 def report(config: ReportConfig) -> ReportResult:
-    """Build the report in a staging folder and commit it to ``config.out`` (default ``<scores>/report``)."""
+    """Build the report in a new attempt folder; commit it as the run ``config.out`` (default ``<scores>/report``)."""
     out = (config.out or posixpath.join(config.scores.rstrip("/"), "report")).rstrip("/")
     parent, name = posixpath.split(out)
-    staging = runs.begin(parent, name, config.options)
-    built = build(config, staging)
-    manifest = runs.RunManifest(
-        kind="report",
-        run_id=name,
-        committed_at=runs.now(),
-        rows={t.source + " / " + t.outcome: int(t.rows) for t in built.tables.accounting.itertuples()},
-        config=dataclasses.asdict(config) | {"options": None},
-        ratings=config.ratings,
-        raters=built.raters,
-        scores=config.scores,
-    )
-    runs.commit(parent, name, manifest, config.options)
-    return dataclasses.replace(built, out=out, html=f"{out}/report.html")
+    storage.reach(config.scores, config.ratings, out, options=config.options)
+    with runs.begin(parent, name, config.options) as attempt:
+        built = build(config, attempt.url)
+        manifest = runs.RunManifest(
+            kind="report",
+            run_id=name,
+            committed_at=runs.now(),
+            rows={t.source + " / " + t.outcome: int(t.rows) for t in built.tables.accounting.itertuples()},
+            config=dataclasses.asdict(config) | {"options": None},
+            ratings=config.ratings,
+            raters=built.raters,
+            scores=config.scores,
+            outputs={"report": attempt.output("report.html"), "tables": attempt.output("")},
+        )
+        attempt.commit(manifest)
+    return built

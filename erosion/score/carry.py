@@ -7,6 +7,10 @@ is deterministic, so scoring again would give the same) and skips decoding and t
 earlier are tried again: a fix of the decoder or of the registry then takes effect. A new model version
 carries nothing over.
 
+A registry file that is unchanged since that run (the same size, version and footer: ``storage.snapshot``) and
+whose rows were all scored then is not read at all: its rows are copied from that run's scores (``copy``), found
+by their ``source_file``.
+
 The lookup is a sorted array of the fingerprints' first 8 bytes (binary search, vectorised), their full
 16 bytes and their predictions (six probabilities and the CDF head's %): about 44 bytes a joint, shared through
 Ray's object store. Scores written before the CDF head have no % column: their % reads as NaN (stages head).
@@ -14,6 +18,7 @@ Ray's object store. Scores written before the CDF head have no % column: their %
 
 from __future__ import annotations
 
+import collections
 import hashlib
 from dataclasses import dataclass
 
@@ -21,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from erosion.core import schema
 from erosion.core.domain import NUM_STAGES
 from erosion.core.schema import PREDICTION_PCT, PREDICTION_PROBS, PREDICTION_WIDTH
 from erosion.io import storage
@@ -47,13 +53,14 @@ class Carry:
     keys: np.ndarray  # (M,) uint64, sorted: the fingerprints' first 8 bytes
     prints: np.ndarray  # (M, 16) uint8, in the order of keys
     predictions: np.ndarray  # (M, 7) float32, in the order of keys: P(stage 0..5) and the % (NaN: stages head)
+    complete: dict[str, int]  # registry file -> its rows, for the files whose rows were all scored
 
     @classmethod
-    def of(cls, prints: np.ndarray, predictions: np.ndarray) -> Carry:
+    def of(cls, prints: np.ndarray, predictions: np.ndarray, complete: dict[str, int] | None = None) -> Carry:
         """The lookup of these fingerprints and their predictions."""
         keys = _keys(prints)
         order = np.argsort(keys, kind="stable")
-        return cls(keys[order], prints[order], predictions[order])
+        return cls(keys[order], prints[order], predictions[order], complete or {})
 
     def find(self, prints: np.ndarray) -> np.ndarray:
         """For each fingerprint, the index of its earlier row, or -1 where the joint or its image is new."""
@@ -66,21 +73,44 @@ class Carry:
 
 def load(scores: str, options: storage.StorageOptions | None = None) -> Carry:
     """The lookup of a committed run's successfully scored rows (its ``scores/`` table)."""
-    with_pct = all("erosion_pct_pred" in meta.schema.names for meta in storage.footers(scores, options).values())
-    columns = ["fingerprint", "probs", "error"] + (["erosion_pct_pred"] if with_pct else [])
+    names = set.intersection(*(set(meta.schema.names) for meta in storage.footers(scores, options).values()))
+    optional = [c for c in ("erosion_pct_pred", "source_file") if c in names]  # absent from older runs' scores
+    columns = ["fingerprint", "probs", "error", *optional]
     prints, predictions = [], []
+    rows, failed = collections.Counter(), collections.Counter()  # by registry file
     for _, _, batch in storage.iter_batches(scores, columns, 65_536, options):
-        keep = pc.and_(pc.is_null(batch["error"]), pc.is_valid(batch["fingerprint"]))
-        batch = batch.filter(keep)
+        if "source_file" in optional:
+            _count(rows, batch["source_file"])
+            _count(failed, batch["source_file"].filter(pc.is_valid(batch["error"])))
+        batch = batch.filter(pc.and_(pc.is_null(batch["error"]), pc.is_valid(batch["fingerprint"])))
         prints.append(fixed_binary_view(batch["fingerprint"], SIZE))
-        rows = np.full((batch.num_rows, PREDICTION_WIDTH), np.nan, np.float32)
-        rows[:, PREDICTION_PROBS] = batch["probs"].flatten().to_numpy().reshape(-1, NUM_STAGES)
-        if with_pct:
-            rows[:, PREDICTION_PCT] = batch["erosion_pct_pred"].to_numpy(zero_copy_only=False)
-        predictions.append(rows)
+        values = np.full((batch.num_rows, PREDICTION_WIDTH), np.nan, np.float32)
+        values[:, PREDICTION_PROBS] = batch["probs"].flatten().to_numpy().reshape(-1, NUM_STAGES)
+        if "erosion_pct_pred" in optional:
+            values[:, PREDICTION_PCT] = batch["erosion_pct_pred"].to_numpy(zero_copy_only=False)
+        predictions.append(values)
+    complete = {file: n for file, n in rows.items() if file is not None and not failed[file]}
     if not prints:
-        return Carry.of(np.zeros((0, SIZE), np.uint8), np.zeros((0, PREDICTION_WIDTH), np.float32))
-    return Carry.of(np.concatenate(prints), np.concatenate(predictions))
+        return Carry.of(np.zeros((0, SIZE), np.uint8), np.zeros((0, PREDICTION_WIDTH), np.float32), complete)
+    return Carry.of(np.concatenate(prints), np.concatenate(predictions), complete)
+
+
+def copy(scores: str, files: set[str], run_id: str, out: str, options: storage.StorageOptions | None = None) -> int:
+    """Copy the rows of ``files`` from an earlier run's scores into ``out`` as this run's carried rows, without
+    reading any image; returns the rows copied."""
+    wanted = pa.array(sorted(files), pa.string())
+    with storage.TableWriter(out, schema.SCORES, 100_000, options, row_group_rows=65_536, prefix="carried") as writer:
+        for _, _, batch in storage.iter_batches(scores, schema.SCORES.names, 65_536, options):
+            rows = pa.Table.from_batches([batch]).filter(pc.is_in(batch["source_file"], wanted))
+            n = rows.num_rows
+            rows = rows.set_column(rows.schema.get_field_index("run_id"), "run_id", pa.array([run_id] * n, pa.string()))
+            writer.write(rows.set_column(rows.schema.get_field_index("carried"), "carried", pa.array([True] * n)))
+    return writer.rows
+
+
+def _count(counter: collections.Counter, values: pa.Array) -> None:
+    for item in pc.value_counts(values).to_pylist():
+        counter[item["values"]] += item["counts"]
 
 
 def fixed_binary_view(column: pa.ChunkedArray | pa.Array, width: int) -> np.ndarray:

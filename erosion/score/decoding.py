@@ -19,8 +19,9 @@ from erosion.score.carry import SIZE, Carry, fingerprints, fixed_binary_view
 
 
 def decode_batch(batch: pa.Table, size: int, crash_once: str | None = None, carry: Carry | None = None) -> pa.Table:
-    """The batch's key columns, ``pixels`` (fixed-size binary of size * size uint8), ``error``, ``fingerprint``
-    and ``carried`` (an earlier run's predictions where ``carry`` knows the fingerprint, else null).
+    """The batch's key columns, ``pixels`` (fixed-size binary of size * size uint8), ``error``, ``fingerprint``,
+    ``carried`` (an earlier run's predictions where ``carry`` knows the fingerprint, else null) and
+    ``source_file`` (the batch's ``path`` column, where the read included it).
 
     A carried row is not decoded. ``crash_once`` is for tests: a marker file; the first task to find it
     missing creates it and its worker dies, as a worker lost mid-task would.
@@ -46,6 +47,7 @@ def decode_batch(batch: pa.Table, size: int, crash_once: str | None = None, carr
     is_carried = (found >= 0) & np.array([e is None for e in errors], dtype=bool)
     if is_carried.any():
         carried[is_carried] = carry.predictions[found[is_carried]]
+    source = batch["path"] if "path" in batch.column_names else pa.nulls(batch.num_rows, pa.string())
     return (
         batch.select(schema.KEYS)
         .append_column("pixels", _fixed_binary(pixels, size * size))
@@ -55,6 +57,7 @@ def decode_batch(batch: pa.Table, size: int, crash_once: str | None = None, carr
             "carried",
             pa.FixedSizeListArray.from_arrays(pa.array(carried.ravel()), PREDICTION_WIDTH, mask=pa.array(~is_carried)),
         )
+        .append_column("source_file", source)
     )
 
 

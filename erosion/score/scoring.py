@@ -8,10 +8,11 @@ one) -> Parquet in the scores contract (``schema.SCORES``). A row whose crop can
 joint, a missing key, an empty, corrupt, truncated or unsupported image) keeps its keys and gets an ``error``
 (``erosion.score.decoding``, which keeps torch out of the decode workers).
 
-The scores go to the run's staging folder (``runs.begin``). The driver then counts the rows written against
-the registry's (from the Parquet footers), streams the scores' compact columns once for the per-visit Rau
-scores and the error counts, and commits the run with its manifest (``runs.commit``). A run that fails or is
-killed commits nothing; a row count that does not add up fails the run.
+The scores go to the run's attempt folder (``runs.begin``, which takes the output folder's lease). The driver
+then counts the rows written against the registry's (from the Parquet footers), streams the scores' compact
+columns once for the per-visit Rau scores and the error counts, and commits the run with its manifest
+(``Attempt.commit``). A run that fails or is killed commits nothing; a row count that does not add up fails the
+run. An empty registry gives a committed run with an empty scores table and an empty Rau table.
 """
 
 from __future__ import annotations
@@ -32,12 +33,16 @@ import torch
 from erosion.core import domain, rau, schema
 from erosion.core.faults import Faults
 from erosion.core.settings import setting
-from erosion.io import datasets, runs, storage
+from erosion.io import datasets, leases, runs, storage
 from erosion.model import augment, checkpoint
 from erosion.model.network import predict
 from erosion.score import carry, decoding, tasks
 
 EXAMPLES = 20  # failed rows named in the result (all of them are in the scores)
+
+
+class RunFailed(RuntimeError):
+    """The pipeline failed (storage gone mid-run, a worker that kept dying): nothing was committed."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,10 @@ class ScoreConfig:
     )
     tta: int = setting("> 0: the mean probabilities over this many fixed augmented views of each crop (seeded)", 0)
     tta_seed: int = setting("the seed the views are drawn from", 0)
+    lease_seconds: float = setting(
+        "how long a run that was killed keeps others out of --out (the lease is renewed while it runs)",
+        leases.SECONDS,
+    )
     faults: Faults = setting("faults injected by tests; never recorded", factory=Faults, cli=False)
 
 
@@ -89,29 +98,49 @@ class ScoreResult:
 def score(config: ScoreConfig) -> ScoreResult:
     """Score the registry, write scores and Rau scores, commit the run; Ray must be initialised."""
     run_id = config.run_id or datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    staging = runs.begin(config.out, run_id, config.options)
-    result = score_into(config, run_id, staging)
-    run = runs.commit(config.out, run_id, result.manifest, config.options)
+    storage.reach(config.registry, config.model, config.out, options=config.options)
+    inputs = check_registry(config.registry, config.options)
+    with runs.begin(config.out, run_id, config.options, config.lease_seconds) as attempt:
+        result = score_into(config, attempt, inputs)
+        run = attempt.commit(result.manifest)
     return dataclasses.replace(result, run=run)
 
 
-def score_into(config: ScoreConfig, run_id: str, staging: str) -> ScoreResult:
-    """Score the registry into ``<staging>/scores`` and ``<staging>/rau``; the caller commits the run."""
+def score_into(config: ScoreConfig, attempt: runs.Attempt, inputs: dict[str, dict]) -> ScoreResult:
+    """Score the registry (``inputs``: its snapshot, ``check_registry``) into the attempt's ``scores`` and
+    ``rau``; the caller commits the attempt. Files unchanged since ``config.carry_from`` are not read."""
     began = time.monotonic()
-    inputs = _check_registry(config.registry, config.options)
+    run_id = attempt.run_id
     card = checkpoint.read_card(config.model, config.options)
-    carry, carried_from = _carry(config, card.model_version)
+    earlier, lookup = _carry(config, card.model_version)
+    unchanged = {
+        file
+        for file, state in inputs.items()
+        if earlier and earlier.inputs.get(file) == state and lookup.complete.get(file) == state["rows"]
+    }
+    read = [file for file in inputs if file not in unchanged]
 
-    expected = sum(inputs.values())
-    scores = pipeline(config, run_id, card.preprocess["input_size"], carry)
-    fs, path = storage.arrow_filesystem(f"{staging}/scores", config.options)
-    scores.write_parquet(path, filesystem=fs)
+    expected = sum(state["rows"] for state in inputs.values())
+    scores_url = f"{attempt.url}/scores"
+    if unchanged:  # their rows copied from the earlier run, first (Ray Data appends): no image of theirs is read
+        carry.copy(earlier.path("scores"), unchanged, run_id, scores_url, config.options)
+    if any(inputs[file]["rows"] for file in read):
+        shared = ray.put(lookup) if lookup is not None else None
+        scores = pipeline(config, run_id, card.preprocess["input_size"], shared, read)
+        fs, path = storage.arrow_filesystem(scores_url, config.options)
+        try:
+            scores.write_parquet(path, filesystem=fs)
+        except Exception as error:  # a Ray task error holds a remote traceback: its cause's first line says why
+            cause = str(getattr(error, "cause", None) or error).strip().splitlines()[0]
+            raise RunFailed(f"run {run_id}: scoring failed, nothing was committed: {cause}") from error
+    elif not unchanged:  # nothing to score: the run still holds a scores table, empty
+        storage.TableWriter(scores_url, schema.SCORES, options=config.options).close()
 
-    written = sum(storage.row_counts(f"{staging}/scores", config.options).values()) if expected else 0
+    written = sum(storage.row_counts(scores_url, config.options).values())
     if written != expected:
         raise RuntimeError(f"run {run_id}: {written} score rows for {expected} registry rows; not committed.")
-    visits, errors, examples, carried = _summarise(f"{staging}/scores", run_id, config.options)
-    with storage.TableWriter(f"{staging}/rau", rau.SCHEMA, options=config.options) as writer:
+    visits, errors, examples, carried = _summarise(scores_url, run_id, config.options)
+    with storage.TableWriter(f"{attempt.url}/rau", rau.SCHEMA, options=config.options) as writer:
         writer.write(visits)
     failed = sum(errors.values())
     seconds = time.monotonic() - began
@@ -125,6 +154,9 @@ def score_into(config: ScoreConfig, run_id: str, staging: str) -> ScoreResult:
             "failed": failed,
             "carried": carried,
             "visits": visits.num_rows,
+            "files_read": len(read),
+            "files_carried": len(unchanged),
+            "rows_read": sum(inputs[file]["rows"] for file in read),
         },
         seconds={"total": round(seconds, 3)},
         config={k: v for k, v in dataclasses.asdict(config).items() if k != "faults"} | {"run_id": run_id},
@@ -132,14 +164,16 @@ def score_into(config: ScoreConfig, run_id: str, staging: str) -> ScoreResult:
         model_version=card.model_version,
         model_epoch=card.epoch,
         registry=config.registry,
-        input_rows=inputs,
-        carried_from=carried_from,
+        input_rows={file: state["rows"] for file, state in inputs.items()},
+        inputs=inputs,
+        carried_from=earlier.run_id if lookup is not None else None,
         errors=errors,
-        outputs={"scores": "scores/", "rau": "rau/"},
+        outputs={"scores": attempt.output("scores/"), "rau": attempt.output("rau/")},
         versions=_versions(),
+        run=attempt.run,
     )
     return ScoreResult(
-        run=staging,
+        run=attempt.run,
         run_id=run_id,
         model_version=card.model_version,
         rows=expected,
@@ -154,9 +188,16 @@ def score_into(config: ScoreConfig, run_id: str, staging: str) -> ScoreResult:
     )
 
 
-def pipeline(config: ScoreConfig, run_id: str, input_size: int, carry: ray.ObjectRef | None = None) -> ray.data.Dataset:
-    """The lazy Ray Data plan: registry -> checked, decoded crops -> model actors -> rows of ``schema.SCORES``."""
-    rows = datasets.read(config.registry, [*schema.KEYS, "image"], config.options)
+def pipeline(
+    config: ScoreConfig,
+    run_id: str,
+    input_size: int,
+    carry: ray.ObjectRef | None = None,
+    files: list[str] | None = None,
+) -> ray.data.Dataset:
+    """The lazy Ray Data plan: registry (``files`` of it, if given) -> checked, decoded crops -> model actors ->
+    rows of ``schema.SCORES``."""
+    rows = datasets.read(config.registry, [*schema.KEYS, "image", "path"], config.options, files)
     crops = tasks.scoring_crops(rows, input_size, config.decode_rows, config.faults.crash_decode_once, carry)
     return model_scores(crops, config, run_id)
 
@@ -230,12 +271,15 @@ def score_rows(batch: pa.Table, predictions: np.ndarray, run_id: str, model_vers
         batch["error"],
         batch["fingerprint"],
         pc.is_valid(batch["carried"]),
+        batch["source_file"],
     ]
     return pa.Table.from_arrays(columns, schema=schema.SCORES)
 
 
-def _check_registry(url: str, options: storage.StorageOptions) -> dict[str, int]:
-    """Rows per registry file; ValueError naming every file whose schema is not the registry contract's."""
+def check_registry(url: str, options: storage.StorageOptions) -> dict[str, dict]:
+    """The registry's snapshot (``storage.snapshot``: each file's rows, bytes, version and footer); ValueError
+    naming every file that is not Parquet or whose schema is not the registry contract's, FileNotFoundError for
+    a folder without Parquet files: before anything is written."""
     metadata = storage.footers(url, options)
     problems = [
         f"{file}: {reason}"
@@ -244,11 +288,11 @@ def _check_registry(url: str, options: storage.StorageOptions) -> dict[str, int]
     ]
     if problems:
         raise ValueError("the registry does not match the contract, nothing was scored:\n  " + "\n  ".join(problems))
-    return {file: meta.num_rows for file, meta in metadata.items()}
+    return storage.snapshot(url, options, metadata)
 
 
-def _carry(config: ScoreConfig, model_version: str) -> tuple[ray.ObjectRef | None, str | None]:
-    """The earlier run's lookup in the object store, and its run id; (None, None) where nothing can be carried."""
+def _carry(config: ScoreConfig, model_version: str) -> tuple[runs.RunManifest | None, carry.Carry | None]:
+    """The earlier run and the lookup of its scores; (None, None) where nothing can be carried over."""
     if not config.carry_from:
         return None, None
     earlier = runs.manifest(config.carry_from, config.options)
@@ -256,7 +300,7 @@ def _carry(config: ScoreConfig, model_version: str) -> tuple[ray.ObjectRef | Non
     same_tta = (settings.get("tta", 0), settings.get("tta_seed", 0)) == (config.tta, config.tta_seed)
     if earlier.model_version != model_version or not same_tta:
         return None, None  # a new model (or other test-time views) scores everything anew
-    return ray.put(carry.load(f"{config.carry_from.rstrip('/')}/scores", config.options)), earlier.run_id
+    return earlier, carry.load(earlier.path("scores"), config.options)
 
 
 def _summarise(scores: str, run_id: str, options: storage.StorageOptions) -> tuple[pa.Table, dict[str, int], list, int]:

@@ -1,15 +1,17 @@
 """The nightly re-scoring: one dated run holding the registry's scores, Rau scores and agreement report.
 
 A night's run scores the registry with the current model, carrying over the scores of every joint whose
-image is unchanged since the last committed run made with the same model version (``erosion.score.carry``); a new
+image is unchanged since the last committed run made with the same model version (``erosion.score.carry``): a
+registry file unchanged since then is not read at all, and in the others each row's fingerprint decides. A new
 model version scores everything anew. The scores, the Rau scores and the agreement report (``report/``) are
-staged together and committed as one run (``runs.commit``) whose manifest records the run id, the model
-version, the input snapshot (every registry file with its rows, bytes and version), the configuration, the
-package versions, the timings and the rows scored, carried over and failed.
+written into one attempt folder and committed together as one run (``runs.Attempt.commit``) whose manifest
+records the run id, the model version, the input snapshot (every registry file with its rows, bytes and
+version), the configuration, the package versions, the timings and the rows scored, carried over and failed.
 
 Idempotent: a night whose run is already committed with the same model version and the same input snapshot
 is left as it is (nothing is scored or written again); a night whose inputs changed since is run again and
-replaces its earlier run, carrying over from it.
+replaces its earlier run, carrying over from it; the earlier run stays readable until the new one is
+committed. Two runs at once: the second stops with ``leases.Held`` before writing anything.
 """
 
 from __future__ import annotations
@@ -54,37 +56,36 @@ def nightly(config: NightlyConfig) -> NightlyResult:
     base, options = config.scoring, config.scoring.options
     run_id = base.run_id or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     version = checkpoint.read_card(base.model, options).model_version
-    inputs = storage.snapshot(base.registry, options)
+    storage.reach(base.registry, base.model, base.out, config.ratings, options=options)
+    inputs = scoring.check_registry(base.registry, options)
     earlier = runs.committed(base.out, options)
     same_night = [m for m in earlier if m.run_id == run_id]
     if same_night and same_night[0].model_version == version and same_night[0].inputs == inputs:
         return NightlyResult(run=same_night[0].run, manifest=same_night[0], ran=False)
     carry_from = next((m.run for m in reversed(earlier) if m.kind in ("score", "nightly")), "")
 
-    staging = runs.begin(base.out, run_id, options)
-    settings = dataclasses.replace(base, run_id=run_id, carry_from=carry_from)
-    scored = scoring.score_into(settings, run_id, staging)
-    scored_at = time.monotonic()
-    reported = report.build(
-        report.ReportConfig(scores=staging, ratings=config.ratings, split=config.report_split, options=options),
-        f"{staging}/report",
-        run=scored.manifest,
-    )
-    manifest = dataclasses.replace(
-        scored.manifest,
-        kind="nightly",
-        inputs=inputs,
-        ratings=config.ratings,
-        raters=reported.raters,
-        outputs=scored.manifest.outputs | {"report": "report/report.html"},
-        config=scored.manifest.config | {"ratings": config.ratings, "report_split": config.report_split},
-        seconds={
-            "scoring": round(scored_at - began, 3),
-            "report": round(time.monotonic() - scored_at, 3),
-            "total": round(time.monotonic() - began, 3),
-        },
-        committed_at=runs.now(),
-    )
-    run = runs.commit(base.out, run_id, manifest, options)
-    reported = dataclasses.replace(reported, out=f"{run}/report", html=f"{run}/report/report.html")
+    with runs.begin(base.out, run_id, options, base.lease_seconds) as attempt:
+        settings = dataclasses.replace(base, run_id=run_id, carry_from=carry_from)
+        scored = scoring.score_into(settings, attempt, inputs)
+        scored_at = time.monotonic()
+        reported = report.build(
+            report.ReportConfig(scores=attempt.run, ratings=config.ratings, split=config.report_split, options=options),
+            f"{attempt.url}/report",
+            run=scored.manifest,
+        )
+        manifest = dataclasses.replace(
+            scored.manifest,
+            kind="nightly",
+            ratings=config.ratings,
+            raters=reported.raters,
+            outputs=scored.manifest.outputs | {"report": attempt.output("report/report.html")},
+            config=scored.manifest.config | {"ratings": config.ratings, "report_split": config.report_split},
+            seconds={
+                "scoring": round(scored_at - began, 3),
+                "report": round(time.monotonic() - scored_at, 3),
+                "total": round(time.monotonic() - began, 3),
+            },
+            committed_at=runs.now(),
+        )
+        run = attempt.commit(manifest)
     return NightlyResult(run=run, manifest=manifest, ran=True, report=reported)

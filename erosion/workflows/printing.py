@@ -108,6 +108,8 @@ def scoring(result: ScoreResult) -> str:
 def report(result: ReportResult, icc_form: str = "ICC2") -> str:
     """Each rater's agreement with each other on all joints, the ICC, and where the page is."""
     t = result.tables
+    if t.agreement.empty:
+        return f"nothing to compare: no joint of the run was rated by a human rater\n    report: {result.html}"
     lines = [f"agreement of {len(result.raters)} raters ({', '.join(result.raters)}):"]
     for row in t.agreement[t.agreement["subset"] == ALL_JOINTS].itertuples():
         lines.append(
