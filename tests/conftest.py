@@ -29,9 +29,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def attempts(run: str) -> list[str]:
+def attempts(run: str, options: storage.StorageOptions | None = None) -> list[str]:
     """The names of the attempt folders in a run folder (local or ``s3://``), sorted."""
-    fs, path = storage.filesystem(run)
+    fs, path = storage.filesystem(run, options)
     if not fs.exists(path):
         return []
     names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)]

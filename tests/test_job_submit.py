@@ -7,7 +7,6 @@ exactly its processes and never the session's local Ray or anyone else's.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -21,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import ray
 import torch
 from conftest import SMALL_MODEL, free_port
 
@@ -169,23 +167,33 @@ def test_score_job_submitted_with_the_token_commits_its_run_on_s3_and_without_it
     assert not leaked, "the token appears in the submit output or the head's logs"
 
 
-def test_a_local_ray_keeps_the_token_it_generated_private(tmp_path, monkeypatch):
-    """Ray 2.60 writes ``~/.ray/auth_token`` readable by everyone; starting a local Ray makes it 0600.
-
-    A temporary HOME holds a token as Ray leaves it (0644); ``ray.init`` is stubbed out, since this session's
-    local Ray may already run and a real one would start for seconds to touch nothing but this file.
-    """
+def test_the_ray_token_is_private_from_the_moment_it_is_made(tmp_path):
     token = tmp_path / ".ray" / "auth_token"
-    token.parent.mkdir()
-    token.write_text(secrets.token_hex(32))
-    token.chmod(0o644)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    started = []
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kwargs: started.append(kwargs))
+    mask = os.umask(0)  # a plain open() would now make it 0666
+    try:
+        runtime.private_token(token)
+    finally:
+        os.umask(mask)
+    assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text()) == 64
+    loose = tmp_path / "loose"
+    loose.write_text("x")
+    loose.chmod(0o644)
+    runtime.private_token(loose)
+    assert loose.stat().st_mode & 0o777 == 0o600 and loose.read_text() == "x"
 
-    runtime.init_ray(num_cpus=1)
 
-    assert [call["address"] for call in started] == ["local"]  # a local Ray, not a cluster
-    assert token.stat().st_mode & 0o777 == 0o600
+LOCAL_RAY = """
+import os, ray
+from erosion.io import runtime
+runtime.init_ray(num_cpus=1)
+token = os.path.expanduser("~/.ray/auth_token")
+print(oct(os.stat(token).st_mode & 0o777), int(ray.cluster_resources()["CPU"]), ray.get(ray.put(7)))
+"""
+
+
+@pytest.mark.slow
+def test_a_new_local_ray_uses_the_private_token_made_for_it(tmp_path):
+    env = _environment() | {"HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", LOCAL_RAY], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["0o600", "1", "7"]

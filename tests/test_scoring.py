@@ -175,9 +175,11 @@ def test_scoring_reads_and_writes_s3(hostile, hostile_run, s3_bucket):
     assert result.run == f"{s3_bucket}/runs/s3" and runs.manifest(result.run).rows["total"] == 11
     remote = storage.read_table(runs.manifest(result.run).path("scores")).sort_by("joint_id")
     local = storage.read_table(runs.manifest(hostile_run.run).path("scores")).sort_by("joint_id")
-    floats = ["run_id", "probs", "ratingen_expected"]  # batches of another size round differently
+    floats = ["run_id", "source_file", "probs", "ratingen_expected"]  # batches of another size round differently
     assert remote.drop_columns(floats).equals(local.drop_columns(floats))
-    for column in floats[1:]:
+    for a, b in zip(remote["source_file"].to_pylist(), local["source_file"].to_pylist(), strict=True):
+        assert a.startswith(f"{s3_bucket[5:]}/registry/") and a.split("/")[-1] == b.split("/")[-1]
+    for column in floats[2:]:
         for a, b in zip(remote[column].to_pylist(), local[column].to_pylist(), strict=True):
             assert (a is None and b is None) or np.allclose(a, b, atol=1e-5), (column, a, b)
     assert storage.read_table(runs.manifest(result.run).path("rau")).num_rows == 1

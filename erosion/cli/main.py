@@ -19,7 +19,7 @@ from erosion.workflows import benchmark, demo, nightly, printing
 
 # What a run refuses or fails with on bad input or storage (a missing table, a wrong schema, an unreachable or
 # refusing S3, another run holding the output folder): said in one line, no traceback unless --verbose.
-REFUSALS = (OSError, ValueError, leases.Held, scoring.RunFailed)
+REFUSALS = (*storage.ERRORS, ValueError, leases.Held, scoring.RunFailed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import sys
 import warnings
 from pathlib import Path
@@ -16,7 +17,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, verbose: b
 
     A local Ray listens on 127.0.0.1 only (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``), and ``address="local"``
     keeps it from joining a stale cluster recorded under /tmp/ray. Ray 2.60 turns token authentication on for a
-    new local Ray and writes the token it generates to ``~/.ray/auth_token`` readable by everyone: it is made 0600.
+    new local Ray and would write the token it generates to ``~/.ray/auth_token`` readable by everyone: the token
+    is made here first, private from its creation (:func:`private_token`), and Ray uses it.
     Unless ``verbose``, Ray's own logs go only to its log files (see :func:`quiet`).
     """
     quiet(verbose)
@@ -27,6 +29,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, verbose: b
         ray.init(address=address, logging_config=_logging(verbose), log_to_driver=verbose)
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        private_token(Path.home() / ".ray" / "auth_token")
     ray.init(
         address="local",
         num_cpus=num_cpus,
@@ -35,9 +39,21 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, verbose: b
         logging_config=_logging(verbose),
         log_to_driver=verbose,
     )
-    token = Path.home() / ".ray" / "auth_token"
-    if token.exists() and token.stat().st_mode & 0o077:
-        token.chmod(0o600)
+
+
+def private_token(path: Path) -> None:
+    """A Ray token file at ``path`` readable by its owner only: made with mode 0600 in the one call that creates
+    it (no moment with a wider mode, whatever the umask), or an existing one's mode narrowed to 0600."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+        return
+    os.fchmod(descriptor, 0o600)  # O_CREAT's mode is masked by the umask; never widened by it
+    with os.fdopen(descriptor, "w") as f:
+        f.write(secrets.token_hex(32))  # as Ray makes its own: 256 random bits
 
 
 def quiet(verbose: bool = False) -> None:

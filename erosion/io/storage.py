@@ -19,6 +19,7 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import botocore.exceptions
 import fsspec
 import pyarrow as pa
 import pyarrow.fs
@@ -38,6 +39,9 @@ class StorageOptions:
     )
     region: str | None = setting("e.g. eu-central-1 (default: $AWS_REGION)", None, flag="s3-region")
     profile: str | None = setting("a profile of ~/.aws/credentials", None, flag="aws-profile")
+
+
+ERRORS = (OSError, botocore.exceptions.BotoCoreError)  # what reading or writing a table can fail with
 
 
 class StorageError(OSError):

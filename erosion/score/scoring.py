@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -212,6 +213,7 @@ def model_scores(crops: ray.data.Dataset, config: ScoreConfig, run_id: str) -> r
             "device": "cuda" if config.gpus_per_actor > 0 else "cpu",
             "options": config.options,
             "views": augment.views(config.tta, seed=config.tta_seed) if config.tta else None,
+            "crash_once": config.faults.crash_model_once,
         },
         batch_size=config.batch_size,
         batch_format="pyarrow",
@@ -231,8 +233,10 @@ class Scorer:
         device: str,
         options: storage.StorageOptions,
         views: torch.Tensor | None = None,
+        crash_once: str | None = None,
     ) -> None:
         self.model, card = checkpoint.load(model, device, options)
+        self.crash_once = crash_once  # tests: the first call to find this marker file missing kills the actor
         self.views = views
         if device == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -240,6 +244,9 @@ class Scorer:
         self.run_id, self.version = run_id, card.model_version
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.crash_once and not os.path.exists(self.crash_once):
+            open(self.crash_once, "w").close()
+            os._exit(1)  # as an actor lost mid-batch (its node gone, out of memory) would
         carried = pc.is_valid(batch["carried"]).to_numpy(zero_copy_only=False)
         ok = pc.is_null(batch["error"]).to_numpy(zero_copy_only=False) & ~carried
         predictions = np.full((batch.num_rows, schema.PREDICTION_WIDTH), np.nan, dtype=np.float32)
