@@ -29,6 +29,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``last`` run after all others (the secrets check reads what the others wrote)."""
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)
+
+
 def attempts(run: str, options: storage.StorageOptions | None = None) -> list[str]:
     """The names of the attempt folders in a run folder (local or ``s3://``), sorted."""
     fs, path = storage.filesystem(run, options)

@@ -26,8 +26,11 @@ def _commit(out: str, run_id: str, content: bytes) -> runs.RunManifest:
     """A run whose one output is a file holding ``content``."""
     with runs.begin(out, run_id) as attempt:
         storage.write_bytes(f"{attempt.url}/data.txt", content)
-        attempt.commit(runs.RunManifest(kind="score", run_id=run_id, outputs={"data": attempt.output("data.txt")}))
-    return runs.manifest(attempt.run)
+        committed = attempt.commit(
+            runs.RunManifest(kind="score", run_id=run_id, outputs={"data": attempt.output("data.txt")})
+        )
+    assert committed == runs.manifest(attempt.run)  # what commit returns is what readers read
+    return committed
 
 
 def _data(out: str, run_id: str) -> bytes:

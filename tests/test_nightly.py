@@ -172,3 +172,34 @@ def test_runs_lists_every_committed_night_with_its_counts(nights, capsys):
     m = nights["nights"][3].manifest
     assert third.split()[-2:] == [str(m.rows["carried"]), str(m.rows["failed"])]
     assert storage.read_json(f"{nights['nights'][3].run}/manifest.json")["run_id"] == "2026-11-23"
+
+
+@pytest.mark.slow
+def test_on_s3_an_unchanged_registry_file_is_not_read_and_a_rewritten_one_is(
+    ray_local, small_registry, untrained_model, s3_bucket, tmp_path
+):
+    fs, _ = storage.filesystem(s3_bucket)
+    fs.put(f"{small_registry}/registry", f"{s3_bucket[5:]}/registry", recursive=True)
+    model = untrained_model(tmp_path / "model", SMALL_MODEL)
+
+    def night(run_id: str) -> runs.RunManifest:
+        settings = scoring.ScoreConfig(f"{s3_bucket}/registry", model, f"{s3_bucket}/runs", run_id=run_id)
+        return nightly.nightly(nightly.NightlyConfig(settings, ratings=f"{small_registry}/ratings")).manifest
+
+    first, second = night("2026-12-01"), night("2026-12-02")
+    files = sorted(first.inputs)
+    assert second.rows["files_read"] == 0 and second.rows["files_carried"] == len(files) >= 2
+    assert second.rows["carried"] == second.rows["total"] == first.rows["total"]
+    table = pq.read_table(fs.open(files[0], "rb"))
+    fs.pipe_file(files[0], _parquet(table.slice(0, table.num_rows - 1)))  # one row fewer: a new version
+    third = night("2026-12-03")
+    assert third.rows["files_read"] == 1 and third.rows["rows_read"] == table.num_rows - 1
+    assert third.rows["total"] == first.rows["total"] - 1 and third.rows["carried"] == third.rows["total"]
+    for m in (first, second, third):
+        assert attempts(m.run) == [m.attempt]
+
+
+def _parquet(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()

@@ -239,3 +239,39 @@ def test_the_report_reads_and_writes_s3(scored, made, s3_bucket):
     remote = storage.read_table(f"{result.out}/agreement.parquet").to_pandas()
     pd.testing.assert_frame_equal(local, remote)
     assert fs.exists(f"{result.out}/report.html") and fs.exists(f"{result.out}/figures/venn.png")
+
+
+ODD = {"registry": "dr $\\frac$", "rescorer_1": "dr.a", "rescorer_2": "dr-a"}  # plus odd joint ids below
+ODD_IDS = ["a/../b", "c\\d", "<b>e</b>", "f g", "ärztin/名", "$x$"]
+
+
+@pytest.mark.slow
+def test_names_with_any_characters_render_as_written_and_never_share_a_plot_file(
+    ray_local, small_registry, untrained_model, tmp_path
+):
+    registry = pq.read_table(f"{small_registry}/registry")
+    renamed = {j: f"{ODD_IDS[i % len(ODD_IDS)]}#{i}" for i, j in enumerate(registry["joint_id"].to_pylist())}
+    os.makedirs(tmp_path / "registry")
+    os.makedirs(tmp_path / "ratings")
+    ids = pa.array([renamed[j] for j in registry["joint_id"].to_pylist()])
+    pq.write_table(registry.set_column(0, "joint_id", ids), tmp_path / "registry" / "part-0.parquet")
+    ratings = pq.read_table(f"{small_registry}/ratings").to_pandas()
+    ratings["joint_id"] = ratings["joint_id"].map(renamed)
+    ratings["rater"] = ratings["rater"].map(ODD)
+    pq.write_table(pa.Table.from_pandas(ratings, preserve_index=False), tmp_path / "ratings" / "part-0.parquet")
+    model = untrained_model(tmp_path / "model", SMALL_MODEL)
+    run = scoring.score(scoring.ScoreConfig(str(tmp_path / "registry"), model, str(tmp_path / "runs"), "odd")).run
+    argv = ["report", "--scores", run, "--ratings", str(tmp_path / "ratings"), "--cam", "4"]
+    assert main([*argv, "--registry", str(tmp_path / "registry")]) == 0
+    folder = runs.manifest(f"{run}/report").path("tables")
+    plots = os.listdir(f"{folder}/figures")
+    assert len([p for p in plots if p.startswith("confusion_")]) == 6  # six pairs of four raters, six files
+    assert len([p for p in plots if p.startswith("cam_")]) == 4
+    page = _Page()
+    page.feed(open(f"{folder}/report.html", encoding="utf-8").read())
+    page.close()
+    assert page.open == []
+    text = " ".join(page.text)
+    for name in ODD.values():
+        assert name in text  # as written: no mathtext, no markup
+    assert sum(joint in page.text for joint in renamed.values()) == 4  # the heat maps' joints, each as written

@@ -116,17 +116,17 @@ class Attempt:
         """The manifest's path of an output written to ``<url>/<name>``, relative to the run folder."""
         return f"{self.name}/{name}"
 
-    def commit(self, manifest: RunManifest) -> str:
-        """Commit the run: its manifest written last, in one atomic write; returns the run's URL."""
+    def commit(self, manifest: RunManifest) -> RunManifest:
+        """Commit the run: its manifest written last, in one atomic write; returns the manifest as committed."""
         self.lease.check()
         try:
             replaced = RunManifest.from_json(storage.read_json(f"{self.run}/{MANIFEST}", self.options)).attempt
         except FileNotFoundError:
             replaced = ""
-        content = dataclasses.replace(manifest, attempt=self.name, replaced=replaced).to_json()
-        storage.write_atomic(f"{self.run}/{MANIFEST}", storage.encode_json(content), self.options)
+        committed = dataclasses.replace(manifest, attempt=self.name, replaced=replaced, run=self.run)
+        storage.write_atomic(f"{self.run}/{MANIFEST}", storage.encode_json(committed.to_json()), self.options)
         self.lease.release()
-        return self.run
+        return committed
 
     def abandon(self) -> None:
         """Give the lease back after a failure; what the attempt wrote stays until a later run removes it."""

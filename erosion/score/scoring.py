@@ -103,8 +103,8 @@ def score(config: ScoreConfig) -> ScoreResult:
     inputs = check_registry(config.registry, config.options)
     with runs.begin(config.out, run_id, config.options, config.lease_seconds) as attempt:
         result = score_into(config, attempt, inputs)
-        run = attempt.commit(result.manifest)
-    return dataclasses.replace(result, run=run)
+        committed = attempt.commit(result.manifest)
+    return dataclasses.replace(result, run=committed.run, manifest=committed)
 
 
 def score_into(config: ScoreConfig, attempt: runs.Attempt, inputs: dict[str, dict]) -> ScoreResult:

@@ -87,5 +87,5 @@ def nightly(config: NightlyConfig) -> NightlyResult:
             },
             committed_at=runs.now(),
         )
-        run = attempt.commit(manifest)
-    return NightlyResult(run=run, manifest=manifest, ran=True, report=reported)
+        committed = attempt.commit(manifest)
+    return NightlyResult(run=committed.run, manifest=committed, ran=True, report=reported)
