@@ -203,3 +203,22 @@ def _parquet(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return sink.getvalue().to_pybytes()
+
+
+@pytest.mark.slow
+def test_a_committed_night_reads_as_the_readme_says_with_pyarrow_pandas_and_duckdb(nights):
+    import json
+
+    import duckdb
+    import pandas as pd
+
+    run = nights["nights"][1].run
+    manifest = json.load(open(f"{run}/manifest.json"))  # the README's reading, step by step
+    scores = pq.read_table(f"{run}/{manifest['outputs']['scores']}")
+    frame = pd.read_parquet(f"{run}/{manifest['outputs']['scores']}")
+    sql = f"""
+        SET VARIABLE scores = (SELECT '{run}/' || outputs.scores || '*.parquet' FROM read_json('{run}/manifest.json'));
+        SELECT count(*), count(DISTINCT joint_id) FROM read_parquet(getvariable('scores'));
+    """
+    rows = manifest["rows"]["total"]
+    assert scores.num_rows == len(frame) == rows and duckdb.sql(sql).fetchall() == [(rows, rows)]

@@ -84,6 +84,8 @@ _COMMANDS: dict[str, tuple[str, type, Callable, bool]] = {
                         lambda c, _: printing.figures(benchmark.train_throughput(c)), True),
     "benchmark-score": ("scoring throughput: end to end, model only, decode only, naive", benchmark.ScoreBenchConfig,
                         lambda c, _: printing.figures(benchmark.score_throughput(c)), True),
+    "benchmark-nightly": ("nights on a sized registry: first, unchanged, one file changed, two at once",
+                          benchmark.NightsBenchConfig, lambda c, _: printing.figures(benchmark.nights(c)), True),
     "demo": ("the whole job on a synthetic registry and a local Ray", demo.DemoConfig,
              lambda c, args: ("", 0 if demo.demo(c, verbose=args.verbose) else 1), False),
 }  # fmt: skip

@@ -158,6 +158,7 @@ def score_into(config: ScoreConfig, attempt: runs.Attempt, inputs: dict[str, dic
             "files_read": len(read),
             "files_carried": len(unchanged),
             "rows_read": sum(inputs[file]["rows"] for file in read),
+            "bytes_read": sum(inputs[file]["bytes"] for file in read),  # registry files read for their images
         },
         seconds={"total": round(seconds, 3)},
         config={k: v for k, v in dataclasses.asdict(config).items() if k != "faults"} | {"run_id": run_id},

@@ -40,13 +40,14 @@ import torch
 
 from erosion.core import schema
 from erosion.core.settings import setting
-from erosion.io import datasets, storage
+from erosion.io import datasets, leases, storage
 from erosion.model import checkpoint
 from erosion.model.augment import AugmentConfig
 from erosion.model.network import ErosionCNN, ModelConfig
 from erosion.registry.preprocess import letterbox, letterbox_batch
 from erosion.score import decoding, scoring, tasks
 from erosion.train import labelled, step, training
+from erosion.workflows import nightly
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,59 @@ def score_throughput(config: ScoreBenchConfig) -> dict:
         small, large = (figures[str(n)] for n in (config.sizes[0], config.sizes[-1]))
         for key in ("driver_peak_uss_mb", "largest_worker_peak_uss_mb"):
             figures[f"{key}_growth"] = large[key] / small[key] - 1
+    return _written(config.json, figures)
+
+
+@dataclass(frozen=True)
+class NightsBenchConfig:
+    """Nights of the nightly job on a registry of ``rows`` crops in ``files`` files."""
+
+    registry: str = setting("a source registry table; its rows are repeated to the size")
+    model: str = setting("a checkpoint or a training run's folder")
+    ratings: str = setting("the ratings for the nights' reports")
+    out: str = setting("where the sized registry and the nights go")
+    rows: int = setting("crops in the registry", 100_000)
+    files: int = setting("registry files they are spread over", 20)
+    json: str = setting("also write the figures here", "")
+
+
+def nights(config: NightsBenchConfig) -> dict:
+    """A first night, an unchanged second night, a night after one file was rewritten (one crop's image
+    changed), and two runs of one night started together: each night's wall time and what it read."""
+    source = storage.read_table(config.registry, [*schema.KEYS, "image"]).slice(0, 2_000)
+    registry = _sized_registry(source, config.rows, f"{config.out}/registry", -(-config.rows // config.files))
+    settings = scoring.ScoreConfig(registry, config.model, f"{config.out}/nights")
+
+    def night(run_id: str, out: str = settings.out) -> dict:
+        began = time.perf_counter()
+        scoring_settings = dataclasses.replace(settings, run_id=run_id, out=out)
+        m = nightly.nightly(nightly.NightlyConfig(scoring_settings, ratings=config.ratings)).manifest
+        keys = ("total", "carried", "files_read", "files_carried", "rows_read", "bytes_read")
+        return {"wall_s": time.perf_counter() - began} | {k: m.rows[k] for k in keys}
+
+    figures: dict = {"setting": dataclasses.asdict(config), "cpus": os.cpu_count()}
+    figures["first"] = night("night-1")
+    figures["unchanged"] = night("night-2")
+    changed = storage.parquet_files(registry)[0]
+    table = pq.read_table(changed)
+    images = table["image"].to_pylist()
+    images[0] = images[1]  # one crop's image replaced by another's: the file's bytes and footer change
+    pq.write_table(table.set_column(table.schema.get_field_index("image"), "image", pa.array(images)), changed)
+    figures["one_file_changed"] = night("night-3") | {"changed_file_bytes": os.path.getsize(changed)}
+    said: list[str] = []
+
+    def together() -> None:
+        try:
+            said.append(f"committed {night('night-4', f'{config.out}/together')['total']} rows")
+        except leases.Held as refused:
+            said.append(f"refused: {refused}")
+
+    threads = [threading.Thread(target=together) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    figures["two_together"] = sorted(said)
     return _written(config.json, figures)
 
 
