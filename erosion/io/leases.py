@@ -78,7 +78,8 @@ class Lease:
         """Stop renewing and mark the lease released, so that the next run need not wait for it to expire."""
         self._stop.set()
         self._thread.join()
-        if not self.lost and _newest(self.out, self.options)[0] == self.generation:
+        newest = _newest(self.out, self.options)
+        if not self.lost and newest is not None and newest[0] == self.generation:
             self._write(dataclasses.replace(self.record, released=True))
 
     def _renew(self) -> None:
