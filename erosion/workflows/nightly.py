@@ -55,8 +55,8 @@ def nightly(config: NightlyConfig) -> NightlyResult:
     began = time.monotonic()
     base, options = config.scoring, config.scoring.options
     run_id = base.run_id or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
-    version = checkpoint.read_card(base.model, options).model_version
     storage.reach(base.registry, base.model, base.out, config.ratings, options=options)
+    version = checkpoint.read_card(base.model, options).model_version
     inputs = scoring.check_registry(base.registry, options)
     earlier = runs.committed(base.out, options)
     same_night = [m for m in earlier if m.run_id == run_id]
