@@ -8,8 +8,8 @@ earlier are tried again: a fix of the decoder or of the registry then takes effe
 carries nothing over.
 
 A registry file that is unchanged since that run (the same size, version and footer: ``storage.snapshot``) and
-whose rows were all scored then is not read at all: its rows are copied from that run's scores (``copy``), found
-by their ``source_file``.
+whose rows were all scored then (``complete_files``) is not read at all: its rows are copied from that run's
+scores (``copy``), found by their ``source_file``; the lookup is loaded only where some file must be read.
 
 The lookup is a sorted array of the fingerprints' first 8 bytes (binary search, vectorised), their full
 16 bytes and their predictions (six probabilities and the CDF head's %): about 44 bytes a joint, shared through
@@ -53,14 +53,13 @@ class Carry:
     keys: np.ndarray  # (M,) uint64, sorted: the fingerprints' first 8 bytes
     prints: np.ndarray  # (M, 16) uint8, in the order of keys
     predictions: np.ndarray  # (M, 7) float32, in the order of keys: P(stage 0..5) and the % (NaN: stages head)
-    complete: dict[str, int]  # registry file -> its rows, for the files whose rows were all scored
 
     @classmethod
-    def of(cls, prints: np.ndarray, predictions: np.ndarray, complete: dict[str, int] | None = None) -> Carry:
+    def of(cls, prints: np.ndarray, predictions: np.ndarray) -> Carry:
         """The lookup of these fingerprints and their predictions."""
         keys = _keys(prints)
         order = np.argsort(keys, kind="stable")
-        return cls(keys[order], prints[order], predictions[order], complete or {})
+        return cls(keys[order], prints[order], predictions[order])
 
     def find(self, prints: np.ndarray) -> np.ndarray:
         """For each fingerprint, the index of its earlier row, or -1 where the joint or its image is new."""
@@ -73,26 +72,32 @@ class Carry:
 
 def load(scores: str, options: storage.StorageOptions | None = None) -> Carry:
     """The lookup of a committed run's successfully scored rows (its ``scores/`` table)."""
-    names = set.intersection(*(set(meta.schema.names) for meta in storage.footers(scores, options).values()))
-    optional = [c for c in ("erosion_pct_pred", "source_file") if c in names]  # absent from older runs' scores
-    columns = ["fingerprint", "probs", "error", *optional]
+    with_pct = "erosion_pct_pred" in _columns(scores, options)  # absent from scores older than the CDF head
+    columns = ["fingerprint", "probs", "error"] + (["erosion_pct_pred"] if with_pct else [])
     prints, predictions = [], []
-    rows, failed = collections.Counter(), collections.Counter()  # by registry file
     for _, _, batch in storage.iter_batches(scores, columns, 65_536, options):
-        if "source_file" in optional:
-            _count(rows, batch["source_file"])
-            _count(failed, batch["source_file"].filter(pc.is_valid(batch["error"])))
         batch = batch.filter(pc.and_(pc.is_null(batch["error"]), pc.is_valid(batch["fingerprint"])))
         prints.append(fixed_binary_view(batch["fingerprint"], SIZE))
         values = np.full((batch.num_rows, PREDICTION_WIDTH), np.nan, np.float32)
         values[:, PREDICTION_PROBS] = batch["probs"].flatten().to_numpy().reshape(-1, NUM_STAGES)
-        if "erosion_pct_pred" in optional:
+        if with_pct:
             values[:, PREDICTION_PCT] = batch["erosion_pct_pred"].to_numpy(zero_copy_only=False)
         predictions.append(values)
-    complete = {file: n for file, n in rows.items() if file is not None and not failed[file]}
     if not prints:
-        return Carry.of(np.zeros((0, SIZE), np.uint8), np.zeros((0, PREDICTION_WIDTH), np.float32), complete)
-    return Carry.of(np.concatenate(prints), np.concatenate(predictions), complete)
+        return Carry.of(np.zeros((0, SIZE), np.uint8), np.zeros((0, PREDICTION_WIDTH), np.float32))
+    return Carry.of(np.concatenate(prints), np.concatenate(predictions))
+
+
+def complete_files(scores: str, options: storage.StorageOptions | None = None) -> dict[str, int]:
+    """Registry file -> rows, for the files all of whose rows a committed run scored without an error (two small
+    columns of its scores read; {} for scores older than ``source_file``)."""
+    if "source_file" not in _columns(scores, options):
+        return {}
+    rows, failed = collections.Counter(), collections.Counter()
+    for _, _, batch in storage.iter_batches(scores, ["source_file", "error"], 65_536, options):
+        _count(rows, batch["source_file"])
+        _count(failed, batch["source_file"].filter(pc.is_valid(batch["error"])))
+    return {file: n for file, n in rows.items() if file is not None and not failed[file]}
 
 
 def copy(scores: str, files: set[str], run_id: str, out: str, options: storage.StorageOptions | None = None) -> int:
@@ -106,6 +111,11 @@ def copy(scores: str, files: set[str], run_id: str, out: str, options: storage.S
             rows = rows.set_column(rows.schema.get_field_index("run_id"), "run_id", pa.array([run_id] * n, pa.string()))
             writer.write(rows.set_column(rows.schema.get_field_index("carried"), "carried", pa.array([True] * n)))
     return writer.rows
+
+
+def _columns(scores: str, options: storage.StorageOptions | None) -> set[str]:
+    """The columns every file of a scores table has."""
+    return set.intersection(*(set(meta.schema.names) for meta in storage.footers(scores, options).values()))
 
 
 def _count(counter: collections.Counter, values: pa.Array) -> None:

@@ -113,11 +113,12 @@ def score_into(config: ScoreConfig, attempt: runs.Attempt, inputs: dict[str, dic
     began = time.monotonic()
     run_id = attempt.run_id
     card = checkpoint.read_card(config.model, config.options)
-    earlier, lookup = _carry(config, card.model_version)
+    earlier = _carry_from(config, card.model_version)
+    complete = carry.complete_files(earlier.path("scores"), config.options) if earlier else {}
     unchanged = {
         file
         for file, state in inputs.items()
-        if earlier and earlier.inputs.get(file) == state and lookup.complete.get(file) == state["rows"]
+        if earlier and earlier.inputs.get(file) == state and complete.get(file) == state["rows"]
     }
     read = [file for file in inputs if file not in unchanged]
 
@@ -126,8 +127,8 @@ def score_into(config: ScoreConfig, attempt: runs.Attempt, inputs: dict[str, dic
     if unchanged:  # their rows copied from the earlier run, first (Ray Data appends): no image of theirs is read
         carry.copy(earlier.path("scores"), unchanged, run_id, scores_url, config.options)
     if any(inputs[file]["rows"] for file in read):
-        shared = ray.put(lookup) if lookup is not None else None
-        scores = pipeline(config, run_id, card.preprocess["input_size"], shared, read)
+        lookup = ray.put(carry.load(earlier.path("scores"), config.options)) if earlier else None
+        scores = pipeline(config, run_id, card.preprocess["input_size"], lookup, read)
         fs, path = storage.arrow_filesystem(scores_url, config.options)
         try:
             scores.write_parquet(path, filesystem=fs)
@@ -168,7 +169,7 @@ def score_into(config: ScoreConfig, attempt: runs.Attempt, inputs: dict[str, dic
         registry=config.registry,
         input_rows={file: state["rows"] for file, state in inputs.items()},
         inputs=inputs,
-        carried_from=earlier.run_id if lookup is not None else None,
+        carried_from=earlier.run_id if earlier else None,
         errors=errors,
         outputs={"scores": attempt.output("scores/"), "rau": attempt.output("rau/")},
         versions=_versions(),
@@ -299,16 +300,16 @@ def check_registry(url: str, options: storage.StorageOptions) -> dict[str, dict]
     return storage.snapshot(url, options, metadata)
 
 
-def _carry(config: ScoreConfig, model_version: str) -> tuple[runs.RunManifest | None, carry.Carry | None]:
-    """The earlier run and the lookup of its scores; (None, None) where nothing can be carried over."""
+def _carry_from(config: ScoreConfig, model_version: str) -> runs.RunManifest | None:
+    """The earlier run whose scores can be carried over; None where there is none or nothing can be carried."""
     if not config.carry_from:
-        return None, None
+        return None
     earlier = runs.manifest(config.carry_from, config.options)
     settings = earlier.config
     same_tta = (settings.get("tta", 0), settings.get("tta_seed", 0)) == (config.tta, config.tta_seed)
     if earlier.model_version != model_version or not same_tta:
-        return None, None  # a new model (or other test-time views) scores everything anew
-    return earlier, carry.load(earlier.path("scores"), config.options)
+        return None  # a new model (or other test-time views) scores everything anew
+    return earlier
 
 
 def _summarise(scores: str, run_id: str, options: storage.StorageOptions) -> tuple[pa.Table, dict[str, int], list, int]:
