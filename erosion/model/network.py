@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torchvision.models import vgg16
 
 from erosion.core.domain import NUM_STAGES
 from erosion.core.schema import PREDICTION_PROBS, PREDICTION_WIDTH
@@ -42,6 +41,7 @@ ARCHITECTURES = ("cnn", "vgg16")
 HEADS = {"stages": NUM_STAGES, "cdf": cdf.BINS}  # head -> outputs
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # of RGB in [0, 1]: what torchvision's ImageNet weights were trained on
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CPU_CHUNK_PIXELS = 131_072  # per model call on a CPU: 32 crops of 64 x 64, 5 of 150 x 150 (see predict)
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,8 @@ class ErosionVGG16(nn.Module):
         super().__init__()
         if config.arch != "vgg16":
             raise ValueError(f"ErosionVGG16 builds arch 'vgg16', got {config.arch!r}: use build_model.")
+        from torchvision.models import vgg16  # here: importing torchvision costs every model process 1.3 s
+
         vgg = vgg16(weights=None, dropout=config.dropout)
         vgg.classifier[-1] = nn.Linear(vgg.classifier[-1].in_features, HEADS[config.head])
         self.features, self.avgpool, self.classifier = vgg.features, vgg.avgpool, vgg.classifier
@@ -162,27 +164,34 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def for_inference(model: nn.Module) -> nn.Module:
+    """The model in eval mode and channels-last memory, the layout whose convolutions are fastest on CPU (about 3x
+    on the reduced CNN, measured) as on a GPU's tensor cores. Its outputs are the same, to float rounding."""
+    return model.eval().to(memory_format=torch.channels_last)
+
+
 def predict(model: nn.Module, pixels: np.ndarray, views: torch.Tensor | None = None) -> np.ndarray:
     """(N, 7) float32 predictions of (N, S, S) uint8 crops: P(stage k) for k = 0..5, then the predicted % eroded
     surface (NaN for the stages head). Crops are scaled to [0, 1] on the model's device.
 
     With ``views`` ((V, 2, 3) transforms, ``augment.views``), the prediction of the mean distribution over the V
-    transformed copies of each crop (test-time augmentation). The model must be in eval mode. On a GPU the
-    batch runs channels-last under bf16 autocast (as in training).
+    transformed copies of each crop (test-time augmentation). The model must be in eval mode, best channels-last
+    (:func:`for_inference`). On a GPU the batch runs under bf16 autocast (as in training); on a CPU in chunks of
+    about ``CPU_CHUNK_PIXELS`` input pixels, whose activations stay in cache (2-3x faster than 256 crops at once).
     """
     if not len(pixels):
         return np.zeros((0, PREDICTION_WIDTH), np.float32)
     device = next(model.parameters()).device
+    if device.type == "cpu":
+        chunk = max(1, CPU_CHUNK_PIXELS // pixels[0].size)
+        if len(pixels) > chunk:
+            return np.concatenate([predict(model, pixels[i : i + chunk], views) for i in range(0, len(pixels), chunk)])
     batch = torch.from_numpy(pixels).to(device, non_blocking=True).unsqueeze(1).float().div_(255)
     copies = [batch] if views is None else [transform(batch, view) for view in views]
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, device.type == "cuda"):
         total = 0
         for copy in copies:
-            if device.type == "cuda":
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    outputs = model(copy.contiguous(memory_format=torch.channels_last))
-            else:
-                outputs = model(copy)
+            outputs = model(copy.contiguous(memory_format=torch.channels_last))
             total = total + torch.softmax(outputs.float(), dim=1)
         mass = total / len(copies)
         if mass.shape[1] == NUM_STAGES:

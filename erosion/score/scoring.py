@@ -34,9 +34,9 @@ import torch
 from erosion.core import domain, rau, schema
 from erosion.core.faults import Faults
 from erosion.core.settings import setting
-from erosion.io import datasets, leases, runs, storage
+from erosion.io import datasets, leases, runs, runtime, storage
 from erosion.model import augment, checkpoint
-from erosion.model.network import predict
+from erosion.model.network import for_inference, predict
 from erosion.score import carry, decoding, tasks
 
 EXAMPLES = 20  # failed rows named in the result (all of them are in the scores)
@@ -60,7 +60,10 @@ class ScoreConfig:
     actors: int = setting("model actors", 1)
     gpus_per_actor: float = setting("> 0: each actor scores on a GPU (bf16 autocast, channels-last)", 0.0)
     cpus_per_actor: float = setting("on a small machine, leave CPUs for the read and decode tasks", 0.5)
-    decode_rows: int = setting("crops per decode task batch: small blocks stream evenly to the actors", 512)
+    decode_rows: int = setting("crops per decode call inside a decode task", 512)
+    decode_cpus: float = setting(
+        "CPUs per decode task: decoding is CPU-bound, so more tasks at once than cores only contend", 1.0
+    )
     options: storage.StorageOptions = setting("S3 settings", factory=storage.StorageOptions)
     carry_from: str = setting(
         "an earlier committed run: its scores of unchanged joints are carried over (same model)", ""
@@ -201,7 +204,9 @@ def pipeline(
     """The lazy Ray Data plan: registry (``files`` of it, if given) -> checked, decoded crops -> model actors ->
     rows of ``schema.SCORES``."""
     rows = datasets.read(config.registry, [*schema.KEYS, "image", "path"], config.options, files)
-    crops = tasks.scoring_crops(rows, input_size, config.decode_rows, config.faults.crash_decode_once, carry)
+    crops = tasks.scoring_crops(
+        rows, input_size, config.decode_rows, config.decode_cpus, config.faults.crash_decode_once, carry
+    )
     return model_scores(crops, config, run_id)
 
 
@@ -237,11 +242,11 @@ class Scorer:
         views: torch.Tensor | None = None,
         crash_once: str | None = None,
     ) -> None:
-        self.model, card = checkpoint.load(model, device, options)
+        runtime.keep_freed_memory()
+        model, card = checkpoint.load(model, device, options)
+        self.model = for_inference(model)
         self.crash_once = crash_once  # tests: the first call to find this marker file missing kills the actor
         self.views = views
-        if device == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
         self.size = card.preprocess["input_size"]
         self.run_id, self.version = run_id, card.model_version
 

@@ -23,7 +23,7 @@ from erosion.core.split import SPLITS, split_of
 from erosion.io import storage
 from erosion.io.ratings import rater_stages
 from erosion.model import checkpoint
-from erosion.model.network import predict
+from erosion.model.network import for_inference, predict
 from erosion.registry.preprocess import letterbox_batch
 
 
@@ -63,6 +63,7 @@ def predict_split(
     ``views``: test-time augmentation, as in scoring (``augment.views``).
     """
     model, card = checkpoint.load(model_url, options=options)
+    model = for_inference(model)
     ids, predictions = [], []
     for _, _, batch in storage.iter_batches(registry, ["joint_id", "patient_id", "image"], 256, options):
         keep = pc.equal(pa.array([split_of(p, split_seed) for p in batch["patient_id"].to_pylist()]), split)

@@ -40,10 +40,10 @@ import torch
 
 from erosion.core import schema
 from erosion.core.settings import setting
-from erosion.io import datasets, leases, storage
+from erosion.io import datasets, leases, runtime, storage
 from erosion.model import checkpoint
 from erosion.model.augment import AugmentConfig
-from erosion.model.network import ErosionCNN, ModelConfig
+from erosion.model.network import ErosionCNN, ModelConfig, for_inference, predict
 from erosion.registry.preprocess import letterbox, letterbox_batch
 from erosion.score import decoding, scoring, tasks
 from erosion.train import labelled, step, training
@@ -191,7 +191,7 @@ def score_throughput(config: ScoreBenchConfig) -> dict:
             "pipeline_crops_per_s": _rate(scoring.pipeline(run, "bench", size), rows),
             "model_only_crops_per_s": model_only,
             "model_only_startup_s": startup,
-            "decode_only_crops_per_s": _rate(tasks.scoring_crops(_read(registry), size, run.decode_rows), rows),
+            "decode_only_crops_per_s": _rate(tasks.scoring_crops(_read(registry), size, run.decode_rows, run.decode_cpus), rows),
             "naive_crops_per_s": _naive(registry, config.model, min(rows, config.naive_rows)),
             "driver_peak_uss_mb": memory.driver_mb,
             "largest_worker_peak_uss_mb": memory.worker_mb,
@@ -321,14 +321,16 @@ class _Crops(torch.utils.data.IterableDataset):
 
 
 def _naive(registry: str, model_url: str, rows: int) -> float:
-    """One process: a DataLoader (no worker processes) decodes, then the model scores, batch after batch."""
+    """One process: a DataLoader (no worker processes) decodes, then the model scores (``network.predict``, as
+    in the actors), batch after batch."""
+    runtime.keep_freed_memory()  # as the actors do
     model, card = checkpoint.load(model_url)
+    model = for_inference(model)
     loader = torch.utils.data.DataLoader(_Crops(registry, card.preprocess["input_size"], rows), batch_size=256)
     began, count = time.perf_counter(), 0
-    with torch.inference_mode():
-        for batch in loader:
-            model(batch.unsqueeze(1).float() / 255).softmax(1)
-            count += len(batch)
+    for batch in loader:
+        predict(model, batch.numpy())
+        count += len(batch)
     return count / (time.perf_counter() - began)
 
 
