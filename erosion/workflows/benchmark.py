@@ -191,7 +191,7 @@ def score_throughput(config: ScoreBenchConfig) -> dict:
             "pipeline_crops_per_s": _rate(scoring.pipeline(run, "bench", size), rows),
             "model_only_crops_per_s": model_only,
             "model_only_startup_s": startup,
-            "decode_only_crops_per_s": _rate(tasks.scoring_crops(_read(registry), size, run.decode_rows, run.decode_cpus), rows),
+            "decode_only_crops_per_s": _rate(_decoded(registry, size, run), rows),
             "naive_crops_per_s": _naive(registry, config.model, min(rows, config.naive_rows)),
             "driver_peak_uss_mb": memory.driver_mb,
             "largest_worker_peak_uss_mb": memory.worker_mb,
@@ -275,8 +275,9 @@ def _sized_registry(source: pa.Table, rows: int, url: str, rows_per_file: int = 
     return url
 
 
-def _read(registry: str) -> ray.data.Dataset:
-    return datasets.read(registry, [*schema.KEYS, "image"])
+def _decoded(registry: str, size: int, run: scoring.ScoreConfig) -> ray.data.Dataset:
+    """The registry read and decoded by scoring's own decode tasks, no model."""
+    return tasks.scoring_crops(datasets.read(registry, [*schema.KEYS, "image"]), size, run.decode_rows, run.decode_cpus)
 
 
 def _model_only(crops: pa.Table, rows: int, run: scoring.ScoreConfig) -> tuple[float, float]:
