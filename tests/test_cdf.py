@@ -11,7 +11,7 @@ from conftest import SMALL_MODEL
 
 from erosion.core import domain
 from erosion.model import cdf
-from erosion.model.network import ModelConfig, build_model, predict, stage_logits
+from erosion.model.network import CPU_CHUNK_PIXELS, ModelConfig, build_model, for_inference, predict, stage_logits
 from erosion.train import step
 
 SMALL_CDF = dataclasses.replace(SMALL_MODEL, head="cdf")
@@ -96,3 +96,17 @@ def test_trained_with_crps_the_head_learns_the_percent_of_a_few_crops():
     print(f"mean absolute % error: {before:.1f} before, {error:.1f} after training")
     assert error < 5 < before
     assert (after[:, :6].argmax(1) == labels.numpy()).mean() >= 0.75
+
+
+def test_predict_in_cpu_chunks_on_a_channels_last_model_gives_the_plain_forward_pass():
+    """More crops than one CPU chunk (network.CPU_CHUNK_PIXELS): the chunks of a channels-last model, put
+    together, are the softmax of the untouched model's single forward pass over all of them."""
+    torch.manual_seed(0)
+    model = build_model(SMALL_MODEL).eval()
+    rows = 3 * (CPU_CHUNK_PIXELS // SMALL_MODEL.input_size**2) + 5
+    pixels = np.random.default_rng(1).integers(0, 256, (rows, 64, 64), dtype=np.uint8)
+    with torch.no_grad():
+        expected = torch.softmax(model(torch.from_numpy(pixels).unsqueeze(1).float() / 255), dim=1).numpy()
+    predicted = predict(for_inference(model), pixels)
+    assert predicted.shape == (rows, 7)
+    np.testing.assert_allclose(predicted[:, :6], expected, atol=1e-5)
