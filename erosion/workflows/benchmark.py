@@ -195,6 +195,7 @@ def score_throughput(config: ScoreBenchConfig) -> dict:
             "naive_crops_per_s": _naive(registry, config.model, min(rows, config.naive_rows)),
             "driver_peak_uss_mb": memory.driver_mb,
             "largest_worker_peak_uss_mb": memory.worker_mb,
+            "largest_worker": memory.worker,
         }
         rates["pipeline_over_model_only"] = rates["pipeline_crops_per_s"] / model_only
         rates["end_to_end_over_model_only"] = rates["end_to_end_crops_per_s"] / model_only
@@ -339,7 +340,7 @@ class _PeakMemory:
     """Samples the private memory (USS: not the shared object store) of this process and of every Ray worker."""
 
     def __init__(self, every: float = 0.5) -> None:
-        self.every, self.driver_mb, self.worker_mb = every, 0.0, 0.0
+        self.every, self.driver_mb, self.worker_mb, self.worker = every, 0.0, 0.0, ""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -357,8 +358,9 @@ class _PeakMemory:
             self.driver_mb = max(self.driver_mb, me.memory_full_info().uss / 2**20)
             for process in me.children(recursive=True):  # the local Ray this process started
                 try:
-                    if process.name().startswith("ray::"):
-                        self.worker_mb = max(self.worker_mb, process.memory_full_info().uss / 2**20)
+                    uss = process.memory_full_info().uss / 2**20
+                    if process.name().startswith("ray::") and uss > self.worker_mb:
+                        self.worker_mb, self.worker = uss, process.name()  # e.g. ray::MapWorker(MapBatches(Scorer))
                 except psutil.Error:
                     continue
             self._stop.wait(self.every)
