@@ -15,8 +15,8 @@ from erosion.score import decoding
 
 BLOCK_BYTES = 16 * 2**20
 """Ray Data's block size in the scoring pipeline (its default is 128 MiB): a read task hands on, and a decode task
-holds, about 2,000 crops of today's 8 kB at a time whatever the size of a registry file, so that workers' memory
-does not grow with the registry and the model actors get work while the first file is still being decoded."""
+holds, about 2,000 crops of today's 8 kB at a time whatever the size of a registry file, so that a decode worker's
+memory does not grow with the files and the model actors get work while the first file is still being decoded."""
 
 
 def scoring_crops(

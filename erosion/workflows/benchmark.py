@@ -358,9 +358,12 @@ class _PeakMemory:
             self.driver_mb = max(self.driver_mb, me.memory_full_info().uss / 2**20)
             for process in me.children(recursive=True):  # the local Ray this process started
                 try:
+                    name = process.name()  # e.g. ray::MapWorker(MapBatches(Scorer))
+                    if not name.startswith("ray::"):
+                        continue  # Ray's own daemons: their memory (smaps) is not read
                     uss = process.memory_full_info().uss / 2**20
-                    if process.name().startswith("ray::") and uss > self.worker_mb:
-                        self.worker_mb, self.worker = uss, process.name()  # e.g. ray::MapWorker(MapBatches(Scorer))
+                    if uss > self.worker_mb:
+                        self.worker_mb, self.worker = uss, name
                 except psutil.Error:
                     continue
             self._stop.wait(self.every)
