@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
 
 from erosion.io import storage
 
@@ -10,17 +17,70 @@ from erosion.io import storage
 # training workers; Ray Data's backpressure, not the reservation, keeps their number in check.
 TASK_CPUS = 0.25
 
+BLOCK_BYTES = 16 * 2**20
+"""Ray Data's block size in the scoring pipeline (its default is 128 MiB): a read task hands on, and a decode task
+holds, about 2,000 crops of today's 8 kB at a time whatever the size of a registry file, so that a worker's
+memory does not grow with the files and the model actors get work while the first file is still being read."""
+
 
 def read(
     url: str,
     columns: list[str],
     options: storage.StorageOptions | None = None,
     files: list[str] | None = None,
+    block_bytes: int = BLOCK_BYTES,
+    cpus: float = TASK_CPUS,
 ) -> ray.data.Dataset:
     """A Parquet table (local or ``s3://``) as a Ray Data dataset of ``columns`` (of ``files`` only, if given),
-    with each row's file in a ``path`` column where ``columns`` asks for it."""
-    fs, _ = storage.arrow_filesystem(url, options)
-    files = storage.parquet_files(url, options) if files is None else files
-    paths = "path" in columns
-    rows = ray.data.read_parquet(files, filesystem=fs, num_cpus=TASK_CPUS, include_paths=paths)
-    return rows.select_columns(columns)
+    with each row's file in a ``path`` column where ``columns`` asks for it.
+
+    One read task per row group, planned on the driver from the files' footers: no listing task and no footer
+    pass in the cluster; each task reads nothing but its row group's ``columns``, ``block_bytes`` at a time,
+    and blocks are of about ``block_bytes``, here and in the steps after it. Each read task reserves ``cpus``."""
+    fs, _ = storage.filesystem(url, options)
+    groups = {file: _row_groups(meta) for file, meta in storage.footers(url, options, files).items()}
+    tasks = sum(len(g) for g in groups.values())
+    source = RowGroups(fs, groups, columns, block_bytes)
+    rows = ray.data.read_datasource(source, num_cpus=cpus, override_num_blocks=max(tasks, 1))
+    rows.context.target_max_block_size = block_bytes  # this plan's context (and its steps'), not the process's
+    return rows
+
+
+class RowGroups(Datasource):
+    """Row groups of Parquet files, one read task each: ``groups`` maps a file to its row groups' (rows, bytes)."""
+
+    def __init__(self, fs, groups: dict[str, list[tuple[int, int]]], columns: list[str], block_bytes: int) -> None:
+        super().__init__()
+        self.fs, self.groups, self.columns, self.block_bytes = fs, groups, columns, block_bytes
+
+    def estimate_inmemory_data_size(self) -> int:
+        return sum(size for groups in self.groups.values() for _, size in groups)
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list:
+        tasks = []
+        for file, groups in self.groups.items():
+            for index, (rows, size) in enumerate(groups):
+                batch = max(1, self.block_bytes * rows // max(size, 1))
+                read = functools.partial(_read_row_group, self.fs, file, index, self.columns, batch)
+                metadata = BlockMetadata(num_rows=rows, size_bytes=size, input_files=[file], exec_stats=None)
+                tasks.append(ReadTask(read, metadata, per_task_row_limit=per_task_row_limit))
+        return tasks
+
+    def get_name(self) -> str:
+        return "ReadRowGroups"
+
+
+def _row_groups(meta: pq.FileMetaData) -> list[tuple[int, int]]:
+    return [(meta.row_group(i).num_rows, meta.row_group(i).total_byte_size) for i in range(meta.num_row_groups)]
+
+
+def _read_row_group(fs, file: str, index: int, columns: list[str], batch: int) -> Iterator[pa.Table]:
+    """Row group ``index`` of ``file`` as tables of ``batch`` rows, with a ``path`` column if ``columns`` has one."""
+    stored = [c for c in columns if c != "path"]
+    with fs.open(file, "rb") as f:
+        for part in pq.ParquetFile(f).iter_batches(batch_size=batch, row_groups=[index], columns=stored):
+            table = pa.Table.from_batches([part])
+            if "path" in columns:
+                table = table.append_column("path", pa.array([file] * table.num_rows, pa.string()))
+            yield table.select(columns)
+    pa.default_memory_pool().release_unused()  # the row group's buffers back to the system, not kept per worker

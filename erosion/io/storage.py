@@ -108,11 +108,14 @@ def read_schema(fs: fsspec.AbstractFileSystem, file: str) -> pa.Schema:
         return pq.read_schema(f)
 
 
-def footers(url: str, options: StorageOptions | None = None) -> dict[str, pq.FileMetaData]:
-    """The footer of each Parquet file of a table (row count, schema): one small read per file, no data."""
+def footers(
+    url: str, options: StorageOptions | None = None, files: list[str] | None = None
+) -> dict[str, pq.FileMetaData]:
+    """The footer of each Parquet file of a table (of ``files`` only, if given: row count, row groups, schema):
+    one small read per file, no data."""
     fs, _ = filesystem(url, options)
     metadata = {}
-    for file in parquet_files(url, options):
+    for file in parquet_files(url, options) if files is None else files:
         with fs.open(file, "rb") as f:
             try:
                 metadata[file] = pq.ParquetFile(f).metadata

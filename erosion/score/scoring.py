@@ -34,7 +34,7 @@ import torch
 from erosion.core import domain, rau, schema
 from erosion.core.faults import Faults
 from erosion.core.settings import setting
-from erosion.io import datasets, leases, runs, runtime, storage
+from erosion.io import datasets, heap, leases, runs, storage
 from erosion.model import augment, checkpoint
 from erosion.model.network import for_inference, predict
 from erosion.score import carry, decoding, tasks
@@ -203,7 +203,8 @@ def pipeline(
 ) -> ray.data.Dataset:
     """The lazy Ray Data plan: registry (``files`` of it, if given) -> checked, decoded crops -> model actors ->
     rows of ``schema.SCORES``."""
-    rows = datasets.read(config.registry, [*schema.KEYS, "image", "path"], config.options, files)
+    columns = [*schema.KEYS, "image", "path"]
+    rows = datasets.read(config.registry, columns, config.options, files, cpus=config.decode_cpus)
     crops = tasks.scoring_crops(
         rows, input_size, config.decode_rows, config.decode_cpus, config.faults.crash_decode_once, carry
     )
@@ -242,7 +243,7 @@ class Scorer:
         views: torch.Tensor | None = None,
         crash_once: str | None = None,
     ) -> None:
-        runtime.keep_freed_memory()
+        heap.keep_freed_memory()
         model, card = checkpoint.load(model, device, options)
         self.model = for_inference(model)
         self.crash_once = crash_once  # tests: the first call to find this marker file missing kills the actor

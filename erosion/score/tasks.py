@@ -13,11 +13,6 @@ import ray
 
 from erosion.score import decoding
 
-BLOCK_BYTES = 16 * 2**20
-"""Ray Data's block size in the scoring pipeline (its default is 128 MiB): a read task hands on, and a decode task
-holds, about 2,000 crops of today's 8 kB at a time whatever the size of a registry file, so that a decode worker's
-memory does not grow with the files and the model actors get work while the first file is still being decoded."""
-
 
 def scoring_crops(
     rows: ray.data.Dataset,
@@ -29,16 +24,14 @@ def scoring_crops(
 ) -> ray.data.Dataset:
     """Scoring's decode step in CPU tasks of ``cpus`` each (``decoding.decode_batch``; no torch in these workers):
     keys, ``pixels``, ``error``, ``fingerprint`` and ``carried`` (an earlier run's scores, from ``carry``'s
-    lookup). Blocks of ``BLOCK_BYTES`` from the read on."""
-    crops = rows.map_batches(
+    lookup). Blocks as ``rows``'s (``datasets.BLOCK_BYTES``)."""
+    return rows.map_batches(
         _scoring_decode,
         fn_kwargs={"size": input_size, "crash_once": crash_once, "carry": carry},
         batch_size=batch_rows,
         batch_format="pyarrow",
         num_cpus=cpus,
     )
-    crops.context.target_max_block_size = BLOCK_BYTES  # the plan's context: read and decode, not the process's
-    return crops
 
 
 def _scoring_decode(batch: pa.Table, size: int, crash_once: str | None, carry: ray.ObjectRef | None) -> pa.Table:
