@@ -27,10 +27,11 @@ def train_step(
     """One optimizer step on a uint8 batch: scale and augment on its device, then the class-weighted loss.
 
     ``pct`` (the rated % eroded) is what the CDF head learns; the stages head needs only ``labels``. On a GPU the
-    forward pass runs under bf16 autocast with channels-last images. Returns the loss.
+    forward pass runs under bf16 autocast; on every device the images are channels-last (as the model should be:
+    on a CPU too, the reduced CNN's step is 1.5-1.9x as fast). Returns the loss.
     """
     on_gpu = pixels.device.type == "cuda"
-    images = scaled(pixels, on_gpu)
+    images = scaled(pixels)
     if augmentation is not None:
         images = augment(images, augmentation, generator)
     with torch.autocast(pixels.device.type, dtype=torch.bfloat16, enabled=on_gpu):
@@ -52,7 +53,6 @@ def weighted_losses(
     return F.cross_entropy(outputs.float(), labels, weight=class_weights, reduction="none")
 
 
-def scaled(pixels: torch.Tensor, on_gpu: bool) -> torch.Tensor:
-    """uint8 (N, S, S) -> float (N, 1, S, S) in [0, 1], on the batch's device."""
-    images = pixels.unsqueeze(1).float().div_(255.0)
-    return images.contiguous(memory_format=torch.channels_last) if on_gpu else images
+def scaled(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, S, S) -> float (N, 1, S, S) in [0, 1], channels-last, on the batch's device."""
+    return pixels.unsqueeze(1).float().div_(255.0).contiguous(memory_format=torch.channels_last)

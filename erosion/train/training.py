@@ -39,7 +39,7 @@ from torch import nn
 from erosion.core import agreement, domain
 from erosion.core.faults import Faults
 from erosion.core.settings import setting
-from erosion.io import storage
+from erosion.io import heap, storage
 from erosion.model import cdf, checkpoint
 from erosion.model.augment import AugmentConfig
 from erosion.model.network import ModelConfig, build_model, file_sha256, load_pretrained, stage_logits
@@ -196,6 +196,7 @@ def _train_worker(loop_config: dict) -> None:
     config: TrainConfig = loop_config["config"]
     for name in ("ray.data", "ray.train"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    heap.keep_freed_memory()  # glibc would hand every step's activations back to the kernel
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -213,8 +214,7 @@ def _train_worker(loop_config: dict) -> None:
     elif pretrained:
         if load_pretrained(net, pretrained["file"]) != pretrained["sha256"]:
             raise ValueError(f"{pretrained['file']} on this worker is not the file the driver checked.")
-    if on_gpu:
-        net = net.to(memory_format=torch.channels_last)
+    net = net.to(memory_format=torch.channels_last)  # on a CPU too: 1.5-1.9x the reduced CNN's step rate
     weights = loop_config["class_weights"]
     class_weights = torch.tensor(weights, device=device) if weights else torch.ones(domain.NUM_STAGES, device=device)
     generator = torch.Generator(device=device)
@@ -310,7 +310,7 @@ def _evaluate(net: nn.Module, class_weights: torch.Tensor, config: TrainConfig, 
         for batch in ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=config.batch_size, device=device):
             labels, pct = batch["label"], batch["pct"]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
-                outputs = net(step.scaled(batch["pixels"], on_gpu)).float()
+                outputs = net(step.scaled(batch["pixels"])).float()
             loss_sum += step.weighted_losses(outputs, labels, pct, class_weights).sum().item()
             weight_sum += class_weights[labels].sum().item()
             confusion += agreement.confusion_matrix(labels.cpu().numpy(), stage_logits(outputs).argmax(1).cpu().numpy())

@@ -44,7 +44,7 @@ import torch
 
 from erosion.core import schema
 from erosion.core.settings import setting
-from erosion.io import datasets, leases, storage
+from erosion.io import datasets, heap, leases, storage
 from erosion.model import checkpoint
 from erosion.model.augment import AugmentConfig
 from erosion.model.network import ErosionCNN, ModelConfig
@@ -75,6 +75,7 @@ class TrainBenchConfig:
 def train_throughput(config: TrainBenchConfig) -> dict:
     """Measure the three throughputs and their ratios; returns them with the setting they rest on."""
     torch.set_num_threads(config.threads)
+    heap.keep_freed_memory()  # as the workers do
     device = torch.device(config.device)
     pixels, labels = _crops(config)
     bare = _step_rate(config, pixels, labels, device, augmented=False)
@@ -126,9 +127,7 @@ def _crops(config: TrainBenchConfig) -> tuple[np.ndarray, np.ndarray]:
 def _step_rate(
     config: TrainBenchConfig, pixels: np.ndarray, labels: np.ndarray, device: torch.device, augmented: bool
 ) -> float:
-    model = ErosionCNN(config.model).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = ErosionCNN(config.model).to(device).to(memory_format=torch.channels_last)  # as the workers train
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     batch, target = torch.from_numpy(pixels).to(device), torch.from_numpy(labels).to(device)
     weights = torch.ones(6, device=device)
