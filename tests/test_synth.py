@@ -25,14 +25,30 @@ def big_registry(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_class_mix_follows_table_1_within_stated_tolerance(big_registry):
+def test_the_registry_raters_class_mix_follows_table_1_and_the_truth_the_mix_solved_for_it(big_registry):
     # Joints of a patient are correlated, so 150 patients vary more than 10^4 independent joints would:
     # stages 0 and 1 within 3 points, the rare stages within 1 point.
+    ratings = storage.read_table(f"{big_registry}/ratings")
+    registry = pc.filter(ratings["ratingen"], pc.equal(ratings["rater"], "registry")).to_numpy()
+    rated = np.bincount(registry, minlength=6) / len(registry)
+    np.testing.assert_allclose(rated[:2], synth.TABLE1_MIX[:2], atol=0.03)
+    np.testing.assert_allclose(rated[2:], synth.TABLE1_MIX[2:], atol=0.01)
     truth = storage.read_table(f"{big_registry}/truth")
     share = np.bincount(truth["ratingen"].to_numpy(), minlength=6) / truth.num_rows
-    np.testing.assert_allclose(share[:2], synth.TABLE1_MIX[:2], atol=0.03)
-    np.testing.assert_allclose(share[2:], synth.TABLE1_MIX[2:], atol=0.01)
+    manifest = json.loads(storage.filesystem(big_registry)[0].cat(f"{big_registry}/manifest.json"))
+    np.testing.assert_allclose(share[:2], manifest["config"]["truth_mix"][:2], atol=0.03)
+    np.testing.assert_allclose(share[2:], manifest["config"]["truth_mix"][2:], atol=0.01)
     assert (share > 0).all()
+
+
+def test_the_true_mix_read_by_the_registry_rater_gives_the_target_mix():
+    # independent of the solve: draw joints from the solved true mix and read them as generate does
+    mix = synth.truth_mix(synth.TABLE1_MIX)
+    assert ((mix >= np.array(synth.TABLE1_MIX) / 2 - 1e-9) & (mix <= np.array(synth.TABLE1_MIX) * 2 + 1e-9)).all()
+    rng = np.random.default_rng(1)
+    pct = synth._pct_from_uniform(rng.random(200_000), np.cumsum(mix))
+    read = domain.ratingen_stage(synth._read(rng, synth.RATERS[0], pct))
+    np.testing.assert_allclose(np.bincount(read, minlength=6) / len(read), synth.TABLE1_MIX, atol=0.01)
 
 
 @pytest.mark.slow

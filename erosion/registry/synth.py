@@ -2,16 +2,19 @@
 
 The source registry is private, so every test, demo and benchmark runs on this. Design choices:
 
-* Class mix. Each (patient, hand, joint) gets a latent Gaussian trajectory, correlated within the patient
-  (some patients have aggressive disease) and across visits; its values are mapped to uniforms, sorted in
-  time (erosion never heals) and read through the inverse CDF of the target mix. Sorting keeps the
-  multiset, so over all rows the stage mix is the target mix (Table 1 of the paper by default).
+* Class mix. Table 1 of the paper is the mix of the raters' labels, not of the truth: the ``registry`` rater's
+  stages follow the target mix (Table 1 by default), and the true mix is the one whose readings by that rater
+  have it (:func:`truth_mix`). Each (patient, hand, joint) gets a latent Gaussian trajectory, correlated within
+  the patient (some patients have aggressive disease) and across visits; its values are mapped to uniforms,
+  sorted in time (erosion never heals) and read through the inverse CDF of the true mix. Sorting keeps the
+  multiset, so over all rows the true stage mix is that mix.
 * Crops come from :func:`erosion.registry.phantom.render_joint` and are encoded as JPEG (most), 8-bit PNG and
   16-bit PNG, as a real export would mix them.
 * Raters. ``registry`` rates every joint; ``rescorer_1`` and ``rescorer_2`` re-rate a random subset of
   radiographs, enriched for eroded ones like the paper's class-balanced re-scoring set. Each rater has
-  its own bias and noise on the % scale and misses or over-calls small erosions, so that pairwise
-  quadratic kappa on the re-scored joints lands near the paper's 0.55-0.7.
+  its own bias and noise on the % scale, the noise growing with the erosion (a small erosion is missed or
+  over-called rather than misjudged by a stage), so that pairwise quadratic kappa on the re-scored joints
+  lands near the paper's 0.55-0.7.
 * Streaming. Patients are drawn one at a time from their own seeded generator and written to
   bounded-size files, so memory does not grow with the registry and the same seed gives the same bytes.
 """
@@ -28,6 +31,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 from PIL import Image
+from scipy.optimize import lsq_linear
 
 from erosion.core import domain, schema
 from erosion.core.settings import setting
@@ -48,15 +52,15 @@ class Rater:
     name: str
     bias_pct: float  # added to every eroded joint's %
     scale: float  # multiplies the true % (over- or under-estimation that grows with erosion)
-    noise_pct: float  # standard deviation of the reading, in % points
+    noise: float  # standard deviation of the reading as a share of the true % (0.64: 32 points at 50 %)
     miss_small: float  # chance to call an erosion under 20 % healthy
     over_call: float  # chance to call a healthy joint slightly eroded
 
 
 RATERS = (
-    Rater("registry", bias_pct=0.0, scale=1.0, noise_pct=20.0, miss_small=0.4, over_call=0.25),
-    Rater("rescorer_1", bias_pct=5.0, scale=1.15, noise_pct=23.0, miss_small=0.3, over_call=0.3),
-    Rater("rescorer_2", bias_pct=-4.0, scale=0.85, noise_pct=22.0, miss_small=0.5, over_call=0.2),
+    Rater("registry", bias_pct=0.0, scale=1.0, noise=0.64, miss_small=0.4, over_call=0.18),
+    Rater("rescorer_1", bias_pct=5.0, scale=1.15, noise=0.736, miss_small=0.3, over_call=0.3),
+    Rater("rescorer_2", bias_pct=-4.0, scale=0.85, noise=0.704, miss_small=0.5, over_call=0.2),
 )
 
 
@@ -67,7 +71,10 @@ class SynthConfig:
     patients: int = setting("number of patients; each has 1..max_visits visits")
     out: str = setting("folder (local or s3://) that receives registry/, ratings/, truth/ and manifest.json")
     seed: int = setting("the same seed gives the same bytes", 0)
-    class_mix: tuple[float, ...] = setting("stage 0..5 fractions over all joints", TABLE1_MIX)
+    class_mix: tuple[float, ...] = setting(
+        "stage 0..5 fractions of the registry rater's stages over all joints (the true mix follows from it)",
+        TABLE1_MIX,
+    )
     hands: tuple[str, ...] = setting("comma-separated; one radiograph per hand per visit", ("hand_left", "hand_right"))
     max_visits: int = setting("visits per patient are uniform in 1..max_visits, months to years apart", 6)
     rescored_fraction: float = setting("chance that the two re-scorers also rate a radiograph", 0.1)
@@ -82,7 +89,8 @@ def generate(config: SynthConfig, options: storage.StorageOptions | None = None)
     """Write the registry, its ratings and the ground truth; returns the manifest (also written as JSON)."""
     _check(config)
     started = time.perf_counter()
-    cumulative = np.cumsum(config.class_mix)
+    true_mix = truth_mix(config.class_mix)
+    cumulative = np.cumsum(true_mix)
     writers = {
         name: storage.TableWriter(f"{config.out.rstrip('/')}/{name}", table_schema, config.rows_per_file, options)
         for name, table_schema in (
@@ -102,7 +110,7 @@ def generate(config: SynthConfig, options: storage.StorageOptions | None = None)
         committed_at=runs.now(),
         rows={name: writer.rows for name, writer in writers.items()},
         seconds={"total": round(seconds, 2)},
-        config=asdict(config),
+        config=asdict(config) | {"truth_mix": [round(float(m), 5) for m in true_mix]},
         files={name: len(paths) for name, paths in files.items()},
     )
     storage.write_json(f"{config.out.rstrip('/')}/{runs.MANIFEST}", manifest.to_json(), options)
@@ -131,9 +139,10 @@ def patient_tables(config: SynthConfig, index: int, cumulative: np.ndarray) -> d
                 image = _encode(rng, render_joint(rng, true_pct, joint), config.jpeg_share)
                 registry.append((joint_id, patient_id, visit, sop_iuid, hand, joint, image))
                 truth.append((joint_id, true_pct, domain.ratingen_stage(true_pct)))
-                for rater in raters:
-                    read = _read(rng, rater, true_pct)
-                    ratings.append((joint_id, rater.name, read, domain.ratingen_stage(read)))
+            hand_pct = pct[v, h * len(HAND_JOINTS) : (h + 1) * len(HAND_JOINTS)]
+            for rater in raters:
+                for joint, read in zip(HAND_JOINTS, _read(rng, rater, hand_pct).tolist(), strict=True):
+                    ratings.append((f"{sop_iuid}/{joint}", rater.name, read, domain.ratingen_stage(read)))
     return {
         "registry": _table(registry, schema.REGISTRY),
         "truth": _table(truth, schema.TRUTH),
@@ -181,14 +190,39 @@ def _pct_from_uniform(u: np.ndarray, cumulative: np.ndarray) -> np.ndarray:
     return np.where(stage == 0, 0.0, np.round(pct, 1))
 
 
-def _read(rng: np.random.Generator, rater: Rater, true_pct: float) -> float:
-    """A rater's reading of a joint, in whole % as raters write them down."""
-    if true_pct == 0.0:
-        return float(rng.integers(1, 15)) if rng.random() < rater.over_call else 0.0
-    if true_pct <= 20.0 and rng.random() < rater.miss_small:
-        return 0.0
-    read = rater.scale * true_pct + rater.bias_pct + rater.noise_pct * rng.standard_normal()
-    return float(np.clip(np.round(read), 1.0, 100.0))
+def _read(rng: np.random.Generator, rater: Rater, true_pct: np.ndarray) -> np.ndarray:
+    """A rater's readings of joints (their true %), in whole % as raters write them down: a healthy joint is
+    over-called now and then (1-14 %), an erosion under 20 % missed now and then, any other reading off by
+    noise in proportion to the erosion."""
+    n = len(true_pct)
+    chance, over, normal = rng.random(n), rng.integers(1, 15, n), rng.standard_normal(n)
+    read = np.clip(np.round(rater.scale * true_pct + rater.bias_pct + rater.noise * true_pct * normal), 1.0, 100.0)
+    read = np.where((true_pct <= 20.0) & (chance < rater.miss_small), 0.0, read)
+    return np.where(true_pct == 0.0, np.where(chance < rater.over_call, over, 0.0), read).astype(np.float64)
+
+
+def truth_mix(rated_mix: tuple[float, ...], rater: Rater = RATERS[0], draws: int = 20_000) -> np.ndarray:
+    """The true stage mix whose readings by ``rater`` have the stage mix ``rated_mix``.
+
+    The rater's reading as a true-stage -> read-stage matrix (seeded Monte Carlo over each stage's range of %),
+    inverted by bounded least squares: each true share within a factor of 2 of its rated share, so that no
+    stage of the truth vanishes. Stages absent from ``rated_mix`` stay absent.
+    """
+    rated = np.asarray(rated_mix, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    cumulative = np.cumsum(rated)
+    present = np.flatnonzero(rated > 0)
+    reading = np.zeros((len(present), domain.NUM_STAGES))
+    for row, stage in enumerate(present):
+        low = cumulative[stage - 1] if stage else 0.0
+        pct = _pct_from_uniform(low + (cumulative[stage] - low) * rng.random(draws), cumulative)
+        reading[row] = np.bincount(domain.ratingen_stage(_read(rng, rater, pct)), minlength=domain.NUM_STAGES) / draws
+    system = np.vstack([reading.T, 100.0 * np.ones(len(present))])  # the last row: the shares sum to 1
+    target = np.concatenate([rated, [100.0]])
+    solved = lsq_linear(system, target, bounds=(rated[present] / 2, rated[present] * 2)).x
+    mix = np.zeros(domain.NUM_STAGES)
+    mix[present] = solved / solved.sum()
+    return mix
 
 
 def _encode(rng: np.random.Generator, pixels: np.ndarray, jpeg_share: float) -> bytes:

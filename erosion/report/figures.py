@@ -80,6 +80,35 @@ def venn_plot(venn: pd.DataFrame) -> dict[str, bytes]:
     return {"venn.png": to_png(fig)}
 
 
+def learning_curve(history: list[dict], best_epoch: int) -> bytes:
+    """A training run's curves per epoch as PNG: the losses, then the three accuracies, training (dashed: on the
+    augmented batches as they were trained) and validation (solid); the learning rate on its own axis; the best
+    epoch marked."""
+    epochs = [row["epoch"] + 1 for row in history]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    loss, accuracy = axes
+    for split, style in (("train", "--"), ("val", "-")):
+        loss.plot(epochs, [row.get(f"{split}_loss", np.nan) for row in history], style, label=f"{split} loss")
+        for name, colour in (
+            ("accuracy", "tab:blue"),
+            ("balanced_accuracy", "tab:orange"),
+            ("pm1_balanced_accuracy", "tab:green"),
+        ):
+            values = [row.get(f"{split}_{name}", np.nan) for row in history]
+            accuracy.plot(epochs, values, style, color=colour, label=f"{split} {name.replace('_', ' ')}")
+    rate = loss.twinx()
+    rate.plot(epochs, [row.get("learning_rate", np.nan) for row in history], ":", color="grey", label="learning rate")
+    rate.set_ylabel("learning rate")
+    for ax in axes:
+        ax.axvline(best_epoch + 1, color="black", linewidth=0.8, alpha=0.5)
+        ax.set_xlabel("epoch")
+    loss.set(ylabel="loss (class-weighted)", title=f"loss (best epoch {best_epoch + 1} marked)")
+    loss.legend(loc="upper right", fontsize=8)
+    accuracy.set(ylabel="accuracy", ylim=(0, 1), title="accuracies")
+    accuracy.legend(loc="lower right", fontsize=7, ncol=2)
+    return to_png(fig)
+
+
 def to_png(fig: Figure) -> bytes:
     """The figure as PNG bytes (110 dpi); the figure is closed."""
     buffer = io.BytesIO()

@@ -12,6 +12,7 @@ from torch import nn
 
 from erosion.model import cdf
 from erosion.model.augment import AugmentConfig, augment
+from erosion.model.network import stage_logits
 
 
 def train_step(
@@ -23,12 +24,12 @@ def train_step(
     generator: torch.Generator,
     augmentation: AugmentConfig | None,
     pct: torch.Tensor | None = None,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on a uint8 batch: scale and augment on its device, then the class-weighted loss.
 
     ``pct`` (the rated % eroded) is what the CDF head learns; the stages head needs only ``labels``. On a GPU the
     forward pass runs under bf16 autocast; on every device the images are channels-last (as the model should be:
-    on a CPU too, the reduced CNN's step is 1.5-1.9x as fast). Returns the loss.
+    on a CPU too, the reduced CNN's step is 1.5-1.9x as fast). Returns the loss and the stages predicted.
     """
     on_gpu = pixels.device.type == "cuda"
     images = scaled(pixels)
@@ -40,7 +41,7 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.detach()
+    return loss.detach(), stage_logits(outputs.detach()).argmax(1)
 
 
 def weighted_losses(

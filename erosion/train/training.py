@@ -43,9 +43,10 @@ from erosion.io import heap, storage
 from erosion.model import cdf, checkpoint
 from erosion.model.augment import AugmentConfig
 from erosion.model.network import ModelConfig, build_model, file_sha256, load_pretrained, stage_logits
-from erosion.train import labelled, step
+from erosion.report import figures
+from erosion.train import labelled, recipe, step
 
-SCORE = "val_balanced_accuracy"  # the metric that picks the best checkpoint
+SCORE = "selection"  # picks the best checkpoint: the validation balanced accuracy of an eligible epoch
 log = logging.getLogger(__name__)
 
 
@@ -56,12 +57,21 @@ class TrainConfig:
     data: labelled.LabelSet = setting("the registry, ratings, rater and split")
     out: str = setting("runs live under <out>/<name>: Ray Train's checkpoints and the published model/")
     name: str = setting("the same name and out resume a run", "erosion")
-    epochs: int = setting("training epochs", 10)
+    epochs: int = setting("at most this many epochs (early stopping may end the run sooner)", 60)
     workers: int = setting("Ray Train workers", 2)
     gpus_per_worker: float = setting("> 0 trains on GPUs (bf16 autocast, channels-last)", 0.0)
     cpus_per_worker: float = setting("leave CPUs for Ray Data's read and decode tasks", 0.5)
-    batch_size: int = setting("per worker", 128)
-    learning_rate: float = setting("Adam's learning rate (the CNN's)", 1e-3, flag="lr")
+    batch_size: int = setting(
+        "crops per optimizer step, all workers together (the paper's 128): each worker takes its share", 128
+    )
+    learning_rate: float = setting("Adam's learning rate (the CNN's; the schedule's peak)", 1e-3, flag="lr")
+    schedule: str = setting(
+        "the CNN's learning rate: cosine (linear warm-up, then half a cosine) or constant (the paper's)", "cosine"
+    )
+    warmup_epochs: int = setting("cosine: epochs of linear warm-up", 3)
+    lr_floor: float = setting("cosine: the last epoch's learning rate as a share of --lr", 0.02)
+    best_after: int = setting("epochs before this one (0-based) never become the best checkpoint", 5)
+    patience: int = setting("stop after this many epochs without a better validation balanced accuracy; 0: never", 12)
     weighted_loss: bool = setting("balanced class weights of the training split; False: plain (unweighted) loss", True)
     seed: int = setting("seed of the weights, the shuffling and the augmentation", 0)
     shuffle_buffer: int = setting("rows each worker shuffles locally (blocks are also read in random order)", 1024)
@@ -115,8 +125,10 @@ def train(config: TrainConfig) -> TrainResult:
 
 
 def _check(config: TrainConfig) -> None:
-    if config.epochs < 1 or config.workers < 1 or config.batch_size < 1:
-        raise ValueError("epochs, workers and batch size must be at least 1.")
+    if config.epochs < 1 or config.workers < 1 or config.batch_size < config.workers:
+        raise ValueError("epochs and workers must be at least 1, and the batch size at least one crop a worker.")
+    if config.schedule not in recipe.SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {config.schedule!r}; expected one of {recipe.SCHEDULES}.")
     if config.faults.fail_at_epoch is not None and not 1 <= config.faults.fail_at_epoch < config.epochs:
         raise ValueError("fail_at_epoch must come after a first checkpoint: 1 <= fail_at_epoch < epochs.")
     if config.pretrained and config.model.arch != "vgg16":
@@ -147,7 +159,10 @@ def pretrained_weights(config: TrainConfig) -> dict | None:
 def phase(config: TrainConfig, epoch: int) -> tuple[bool, float]:
     """Whether ``epoch`` (0-based) trains on frozen features, and its learning rate."""
     if config.model.arch == "cnn":
-        return False, config.learning_rate
+        rate = recipe.learning_rate(
+            config.learning_rate, epoch, config.epochs, config.schedule, config.warmup_epochs, config.lr_floor
+        )
+        return False, rate
     if epoch < config.frozen_epochs:
         return True, config.frozen_lr
     return False, config.finetune_lr
@@ -188,6 +203,8 @@ def _publish(config: TrainConfig, best: ray.train.Checkpoint, latest: ray.train.
         model, card = checkpoint.load(directory)
     card.history = history
     checkpoint.write(f"{run}/model", model, card, options=config.data.options)
+    curve = figures.learning_curve(history, card.epoch)
+    storage.write_bytes(f"{run}/learning_curve.png", curve, config.data.options)
     return TrainResult(run=run, model=f"{run}/model", card=card)
 
 
@@ -227,27 +244,43 @@ def _train_worker(loop_config: dict) -> None:
             model, optimizer = _prepare(net, frozen, learning_rate)
             if resumed and epoch == start and history[-1].get("frozen_features", False) == frozen:
                 optimizer.load_state_dict(optimizer_state)  # the same phase: the same parameters in the optimizer
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate
             current = frozen
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate
         began = time.perf_counter()
         generator.manual_seed(config.seed * 1_000_003 + epoch * 1_009 + rank)
         fail = (
             config.faults.fail_at_epoch == epoch and start < epoch and rank == world - 1
         )  # once: not after the restart
-        loss, rows = _train_epoch(model, optimizer, class_weights, generator, config, fail)
+        loss, rows, confusion = _train_epoch(
+            model, optimizer, class_weights, generator, config, -(-config.batch_size // world), fail
+        )
         seconds = time.perf_counter() - began
         metrics = {"epoch": epoch, "attempt_start_epoch": start, "train_loss": loss, "train_rows": rows}
+        metrics |= _accuracies(confusion, "train")
         metrics |= {"frozen_features": frozen, **_optimized(optimizer)}
         metrics["train_crops_per_s"] = rows / seconds  # all workers together
         if rank == 0:
             metrics |= _evaluate(net, class_weights, config, on_gpu)
+            metrics[SCORE] = recipe.selection(metrics["val_balanced_accuracy"], epoch, config.epochs, config.best_after)
             metrics["seconds"] = time.perf_counter() - began
             _report_with_checkpoint(net, optimizer, config, history + [metrics], pretrained)
             print(progress(metrics, config.epochs), flush=True)  # in Ray's log files
         else:
             ray.train.report(metrics, checkpoint=None)
         history.append(metrics)
+        if _stops(history, config, rank, device):
+            break
+
+
+def _stops(history: list[dict], config: TrainConfig, rank: int, device: torch.device) -> bool:
+    """Rank 0's early-stopping decision (only it evaluates), broadcast so that every worker stops together."""
+    scores = [row["val_balanced_accuracy"] for row in history] if rank == 0 else []
+    stop = rank == 0 and recipe.should_stop(scores, config.epochs, config.best_after, config.patience)
+    decision = torch.tensor([int(stop)], device=device)
+    if torch.distributed.is_initialized():
+        torch.distributed.broadcast(decision, src=0)
+    return bool(decision.item())
 
 
 def _prepare(net: nn.Module, frozen: bool, learning_rate: float) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -273,14 +306,17 @@ def _train_epoch(
     class_weights: torch.Tensor,
     generator: torch.Generator,
     config: TrainConfig,
+    batch_size: int,
     fail: bool,
-) -> tuple[float, int]:
-    """One pass over this worker's shard; returns the mean training loss and the rows seen, over all workers."""
+) -> tuple[float, int, np.ndarray]:
+    """One pass over this worker's shard in batches of ``batch_size``; returns the mean training loss, the rows
+    seen and the confusion of the stages predicted on the augmented batches (train mode), over all workers."""
     model.train()
     device = class_weights.device
-    totals = torch.zeros(2, dtype=torch.float64, device=device)  # summed loss, rows
+    stages = domain.NUM_STAGES
+    totals = torch.zeros(2 + stages * stages, dtype=torch.float64, device=device)  # loss, rows, confusion
     batches = ray.train.get_dataset_shard("train").iter_torch_batches(
-        batch_size=config.batch_size,
+        batch_size=batch_size,
         device=device,
         local_shuffle_buffer_size=config.shuffle_buffer,
         local_shuffle_seed=int(generator.initial_seed() % 2**31),
@@ -289,15 +325,25 @@ def _train_epoch(
         if fail:
             os._exit(1)  # a worker dying mid-run, for the fault-tolerance test
         labels = batch["label"]
-        loss = step.train_step(
+        loss, predicted = step.train_step(
             model, optimizer, batch["pixels"], labels, class_weights, generator, config.augment, batch["pct"]
         )
         totals[0] += loss.double() * len(labels)
         totals[1] += len(labels)
+        totals[2:] += torch.bincount(labels * stages + predicted, minlength=stages * stages).double()
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(totals)
-    loss_sum, rows = totals.tolist()
-    return loss_sum / max(rows, 1), int(rows)
+    loss_sum, rows = totals[:2].tolist()
+    confusion = totals[2:].cpu().numpy().astype(np.int64).reshape(stages, stages)
+    return loss_sum / max(rows, 1), int(rows), confusion
+
+
+def _accuracies(confusion: np.ndarray, split: str) -> dict:
+    return {
+        f"{split}_accuracy": agreement.global_accuracy(confusion),
+        f"{split}_balanced_accuracy": agreement.balanced_accuracy(confusion),
+        f"{split}_pm1_balanced_accuracy": agreement.pm1_balanced_accuracy(confusion),
+    }
 
 
 def _evaluate(net: nn.Module, class_weights: torch.Tensor, config: TrainConfig, on_gpu: bool) -> dict:
@@ -317,14 +363,15 @@ def _evaluate(net: nn.Module, class_weights: torch.Tensor, config: TrainConfig, 
             if config.model.head == "cdf":
                 pct_error += (cdf.expected_pct(torch.softmax(outputs, dim=1)) - pct).abs().sum().item()
     cdf_metrics = {"val_pct_mae": pct_error / max(int(confusion.sum()), 1)} if config.model.head == "cdf" else {}
-    return cdf_metrics | {
-        "val_loss": loss_sum / weight_sum,
-        "val_rows": int(confusion.sum()),
-        "val_accuracy": agreement.global_accuracy(confusion),
-        "val_balanced_accuracy": agreement.balanced_accuracy(confusion),
-        "val_pm1_balanced_accuracy": agreement.pm1_balanced_accuracy(confusion),
-        "val_confusion": confusion.tolist(),
-    }
+    return (
+        cdf_metrics
+        | _accuracies(confusion, "val")
+        | {
+            "val_loss": loss_sum / weight_sum,
+            "val_rows": int(confusion.sum()),
+            "val_confusion": confusion.tolist(),
+        }
+    )
 
 
 def _report_with_checkpoint(

@@ -24,11 +24,16 @@ SHOWN_PROBLEMS = 50  # validation problems listed; the rest are counted
 
 
 def synthesized(manifest: RunManifest, out: str) -> str:
-    """One line on a synthetic registry: joints, ratings, time."""
+    """Joints, ratings, time; the registry rater's target stage mix and the true mix drawn for it."""
     rows = manifest.rows
+    shares = {
+        name: " / ".join(f"{100 * m:.1f}" for m in manifest.config[key])
+        for name, key in (("rated", "class_mix"), ("true", "truth_mix"))
+    }
     return (
         f"wrote {rows['registry']} joints, {rows['ratings']} ratings to {out} "
-        f"in {manifest.seconds['total']} s ({rows['registry'] / max(manifest.seconds['total'], 1e-3):.1f} joints/s)"
+        f"in {manifest.seconds['total']} s ({rows['registry'] / max(manifest.seconds['total'], 1e-3):.1f} joints/s)\n"
+        f"    stage mix: registry rater's target {shares['rated']} %, the truth's {shares['true']} %"
     )
 
 
