@@ -125,6 +125,29 @@ def test_test_time_augmentation_scores_the_mean_over_fixed_views(ray_local, host
         assert not np.allclose(row["probs"], plain[row["joint_id"]], atol=1e-4)  # the views changed the answer
 
 
+def test_a_calibrated_model_scores_calibrated_probabilities_and_keeps_its_own_argmax_stage(
+    ray_local, hostile, tmp_path
+):
+    model, card = checkpoint.load(hostile[1])
+    shift = [0.0, 1.5, -1.0, 2.5, 0.5, -3.0]  # large enough to move many a crop's argmax
+    card.calibration = {"temperature": 2.0, "shift": shift}
+    calibrated_url = str(tmp_path / "calibrated")
+    checkpoint.write(calibrated_url, model, card)
+    run = scoring.score(scoring.ScoreConfig(hostile[0], calibrated_url, str(tmp_path / "runs"), batch_size=4)).run
+    crops = {c[0]: c for c in _hostile_crops()}
+    scored = [r for r in storage.read_table(runs.manifest(run).path("scores")).to_pylist() if r["error"] is None]
+    moved = 0
+    for row in scored:
+        raw = probabilities(model, letterbox(crops[row["joint_id"]][2], 64)[None])[0].astype(np.float64)
+        expected = np.exp(np.log(raw) / 2.0 + shift)
+        expected /= expected.sum()  # softmax(log p / T + shift), written out
+        np.testing.assert_allclose(row["probs"], expected, atol=1e-5)
+        assert row["ratingen_expected"] == pytest.approx(float(np.dot(np.arange(6), expected)), abs=1e-5)
+        assert row["ratingen_pred"] == int(np.argmax(raw))  # the model's own stage, not the calibrated argmax
+        moved += int(np.argmax(expected) != np.argmax(raw))
+    assert moved > 0  # the test would not see a stage taken from the calibrated probabilities otherwise
+
+
 def test_a_cdf_head_scores_its_percent_and_the_percents_stage_beside_the_stage_probabilities(
     ray_local, hostile, untrained_model, tmp_path
 ):

@@ -22,7 +22,7 @@ from erosion.io import storage
 from erosion.model import checkpoint
 from erosion.registry import synth
 from erosion.registry.preprocess import letterbox_batch
-from erosion.train import evaluate, labelled, training
+from erosion.train import evaluate, labelled, recipe, training
 
 pytestmark = pytest.mark.slow  # every test trains on the session's local Ray
 
@@ -63,7 +63,19 @@ def test_training_learns_and_publishes_a_model_that_loads_without_ray(ray_local,
     result = training.train(_config(train_registry, str(tmp_path), "learn", epochs=epochs))
     history = result.card.history
     assert [h["epoch"] for h in history] == list(range(epochs))
-    assert result.card.epoch == int(np.argmax([h["val_balanced_accuracy"] for h in history]))
+    # the best epoch: the highest validation balanced accuracy among the epochs from best_after on (the last
+    # always counts), as recipe.eligible says
+    eligible = [e for e in range(epochs) if e >= min(result.card.train["best_after"], epochs - 1)]
+    assert result.card.epoch == max(eligible, key=lambda e: (history[e]["val_balanced_accuracy"], -e))
+    assert all(h["selection"] == -1.0 for h in history if h["epoch"] not in eligible)
+    assert all(0 <= h["train_balanced_accuracy"] <= 1 for h in history)
+    assert result.card.train["batch_size"] == 32  # all workers together: 16 a worker
+    png = storage.filesystem(result.run)[0].cat(f"{result.run}/learning_curve.png")
+    assert png.startswith(b"\x89PNG")
+    calibrated = result.card.calibration
+    assert 0.05 < calibrated["temperature"] < 20 and len(calibrated["shift"]) == 6
+    assert calibrated["rows"] == sum(map(sum, history[result.card.epoch]["val_confusion"]))
+    assert calibrated["after"]["nll"] <= calibrated["before"]["nll"] + 0.05
     assert result.card.train["model"] == {
         "input_size": 64,
         "width": 0.25,
@@ -113,6 +125,17 @@ def test_a_worker_that_dies_is_replaced_and_no_epoch_is_lost(ray_local, train_re
     assert all(h["train_rows"] > 0 and h["val_rows"] > 0 for h in history)
     _, card = checkpoint.load(f"{s3_bucket}/faulty")
     assert card == result.card and "faults" not in card.train  # a test hook, never recorded
+
+
+def test_early_stopping_ends_the_run_at_the_first_epoch_the_rule_says(ray_local, train_registry, tmp_path):
+    epochs = 6
+    result = training.train(_config(train_registry, str(tmp_path), "early", epochs=epochs, patience=1, best_after=0))
+    scores = [h["val_balanced_accuracy"] for h in result.card.history]
+    stops = [recipe.should_stop(scores[: n + 1], epochs, 0, 1) for n in range(len(scores))]
+    assert not any(stops[:-1])  # it went on while the rule said so
+    assert stops[-1] or len(scores) == epochs  # and ended where it first said stop (or ran out of epochs)
+    rates = [h["learning_rate"] for h in result.card.history]
+    assert rates == pytest.approx([recipe.learning_rate(1e-3, e, epochs, "cosine", 3, 0.02) for e in range(len(rates))])
 
 
 def test_a_stopped_run_resumes_where_it_stopped(ray_local, train_registry, tmp_path):

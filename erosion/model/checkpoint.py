@@ -44,6 +44,7 @@ class ModelCard:
     classes: list[int] = field(default_factory=lambda: list(range(NUM_STAGES)))  # output k = Ratingen stage k
     preprocess: dict = field(default_factory=dict)
     pretrained: dict | None = None  # {"file", "sha256"} of the weights training started from; None: random
+    calibration: dict | None = None  # temperature and prior shift (``calibration``), fitted after training
 
     def to_json(self) -> dict:
         return asdict(self)

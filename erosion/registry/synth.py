@@ -205,7 +205,7 @@ def truth_mix(rated_mix: tuple[float, ...], rater: Rater = RATERS[0], draws: int
     """The true stage mix whose readings by ``rater`` have the stage mix ``rated_mix``.
 
     The rater's reading as a true-stage -> read-stage matrix (seeded Monte Carlo over each stage's range of %),
-    inverted by bounded least squares: each true share within a factor of 2 of its rated share, so that no
+    inverted by bounded least squares: each true share within a factor of 1.5 of its rated share, so that no
     stage of the truth vanishes. Stages absent from ``rated_mix`` stay absent.
     """
     rated = np.asarray(rated_mix, dtype=np.float64)
@@ -219,7 +219,7 @@ def truth_mix(rated_mix: tuple[float, ...], rater: Rater = RATERS[0], draws: int
         reading[row] = np.bincount(domain.ratingen_stage(_read(rng, rater, pct)), minlength=domain.NUM_STAGES) / draws
     system = np.vstack([reading.T, 100.0 * np.ones(len(present))])  # the last row: the shares sum to 1
     target = np.concatenate([rated, [100.0]])
-    solved = lsq_linear(system, target, bounds=(rated[present] / 2, rated[present] * 2)).x
+    solved = lsq_linear(system, target, bounds=(rated[present] / 1.5, rated[present] * 1.5)).x
     mix = np.zeros(domain.NUM_STAGES)
     mix[present] = solved / solved.sum()
     return mix

@@ -109,6 +109,28 @@ def learning_curve(history: list[dict], best_epoch: int) -> bytes:
     return to_png(fig)
 
 
+def reliability_diagram(calibration: dict) -> bytes:
+    """A model card's calibration (``evaluate.fit_calibration``) as PNG: accuracy against mean confidence of the top
+    stage per bin, before and after, beside the diagonal; the bars show how many joints each bin holds."""
+    fig, (curve, counts) = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
+    curve.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    edges = np.linspace(0, 1, len(calibration["before"]["bin_count"]) + 1)
+    for name, colour in (("before", "tab:red"), ("after", "tab:blue")):
+        part = calibration[name]
+        x = np.array([np.nan if v is None else v for v in part["bin_confidence"]], dtype=float)
+        y = np.array([np.nan if v is None else v for v in part["bin_accuracy"]], dtype=float)
+        curve.plot(x, y, "o-", color=colour, label=f"{name}: ECE {part['ece']:.3f}, NLL {part['nll']:.3f}")
+        counts.bar(
+            edges[:-1], part["bin_count"], width=np.diff(edges), align="edge", alpha=0.45, color=colour, label=name
+        )
+    curve.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean confidence of the top stage", ylabel="accuracy")
+    curve.set_title(f"reliability, {calibration['rows']:,} {calibration['fitted_on']} joints")
+    curve.legend(loc="upper left", fontsize=8)
+    counts.set(xlabel="confidence of the top stage", ylabel="joints", title="joints per bin")
+    counts.legend(fontsize=8)
+    return to_png(fig)
+
+
 def to_png(fig: Figure) -> bytes:
     """The figure as PNG bytes (110 dpi); the figure is closed."""
     buffer = io.BytesIO()

@@ -43,6 +43,7 @@ class Context:
     split_seed: int
     icc_form: str
     made: str  # when the report was made, ISO 8601 UTC
+    calibration: dict | None = None  # the model card's, where the model has one
 
 
 def render(
@@ -91,7 +92,12 @@ def render(
         name = figures.file_name(row.reference, row.rater)
         if name in plots:
             parts.append(_figure(plots[name], f"{row.rater} against {row.reference}, all joints (n = {row.n:,})."))
-    parts += [_cam_section(explained, context.model, humans), _reading(), _notes(pairs)]
+    parts += [
+        _calibration_section(context.calibration, plots),
+        _cam_section(explained, context.model, humans),
+        _reading(),
+        _notes(pairs),
+    ]
     return _document(context, parts)
 
 
@@ -217,6 +223,28 @@ def _venn_section(venn: pd.DataFrame, plots: dict[str, bytes]) -> str:
         f" all three gave the same stage, in each overlap those only that pair agreed on (venn.parquet)."
     )
     return "<h2>Venn diagram of agreement (venn.parquet)</h2>" + _figure(plots["venn.png"], caption)
+
+
+def _calibration_section(calibration: dict | None, plots: dict[str, bytes]) -> str:
+    if not calibration:
+        note = "The model card holds no calibration: its probabilities are as trained."
+        return f"<h2>Calibration</h2><p class='note'>{note}</p>"
+    frame = pd.DataFrame(
+        {name: [f"{calibration[name][key]:.4f}" for key in ("ece", "nll", "brier")] for name in ("before", "after")},
+        index=["top-label ECE (15 equal-width bins)", "negative log-likelihood", "Brier score"],
+    )
+    caption = (
+        f"Table 6. Calibration of the stage probabilities on {calibration['rows']:,} joints of the"
+        f" {calibration['fitted_on']}, against the rater the model was trained on: prior correction for the class"
+        f" weights, then temperature {calibration['temperature']:.3f}. The scores' probs are the calibrated ones;"
+        " the predicted stage stays the model's own argmax."
+    )
+    figure = (
+        _figure(plots["reliability.png"], "Reliability before and after calibration.")
+        if "reliability.png" in plots
+        else ""
+    )
+    return "<h2>Calibration</h2>" + _table(caption, frame) + figure
 
 
 def _cam_section(explained: Sequence[Explanation], model: str, humans: list[str]) -> str:

@@ -80,8 +80,15 @@ def build(config: ReportConfig, folder: str, run: runs.RunManifest | None = None
     stages, accounting = tables.join_stages(scores, ratings, model, config.split, config.split_seed)
     humans = [c for c in stages.columns if c not in ("joint", model)]
     made = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    calibration = checkpoint.read_card(run.model, config.options).calibration
     context = page.Context(
-        run=run, model=model, split=config.split, split_seed=config.split_seed, icc_form=config.icc_form, made=made
+        run=run,
+        model=model,
+        split=config.split,
+        split_seed=config.split_seed,
+        icc_form=config.icc_form,
+        made=made,
+        calibration=calibration,
     )
     html = f"{folder}/report.html"
     if not humans:  # an empty registry, or no rating of a scored joint: the page says so, and where rows went
@@ -99,6 +106,8 @@ def build(config: ReportConfig, folder: str, run: runs.RunManifest | None = None
         table = pa.Table.from_pandas(getattr(result, name), preserve_index=False)
         storage.write_table(f"{folder}/{name}.parquet", table, config.options)
     plots = figures.confusion_plots(result.confusion, ALL_JOINTS) | figures.venn_plot(result.venn)
+    if calibration:
+        plots["reliability.png"] = figures.reliability_diagram(calibration)
     for name, png in plots.items():
         storage.write_bytes(f"{folder}/figures/{name}", png, config.options)
     explained = explain(config, run, stages, model, humans)

@@ -35,7 +35,7 @@ from erosion.core import domain, rau, schema
 from erosion.core.faults import Faults
 from erosion.core.settings import setting
 from erosion.io import datasets, heap, leases, runs, storage
-from erosion.model import augment, checkpoint
+from erosion.model import augment, calibration, checkpoint
 from erosion.model.network import for_inference, predict
 from erosion.score import carry, decoding, tasks
 
@@ -250,6 +250,7 @@ class Scorer:
         self.views = views
         self.size = card.preprocess["input_size"]
         self.run_id, self.version = run_id, card.model_version
+        self.calibration = card.calibration
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.crash_once and not os.path.exists(self.crash_once):
@@ -260,14 +261,26 @@ class Scorer:
         predictions = np.full((batch.num_rows, schema.PREDICTION_WIDTH), np.nan, dtype=np.float32)
         if ok.any():
             predictions[ok] = predict(self.model, decoding.pixel_view(batch["pixels"], self.size)[ok], self.views)
+            if self.calibration:
+                raw = predictions[ok, schema.PREDICTION_PROBS]
+                temperature, shift = self.calibration["temperature"], self.calibration["shift"]
+                predictions[ok, schema.PREDICTION_PROBS] = calibration.apply(raw, temperature, shift)
         if carried.any():
             flat = batch["carried"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
             predictions[carried] = flat.reshape(-1, schema.PREDICTION_WIDTH)
-        return score_rows(batch, predictions, self.run_id, self.version)
+        shift = self.calibration["shift"] if self.calibration else None
+        return score_rows(batch, predictions, self.run_id, self.version, shift)
 
 
-def score_rows(batch: pa.Table, predictions: np.ndarray, run_id: str, model_version: str) -> pa.Table:
-    """Rows of ``schema.SCORES`` from a batch's keys and errors and the model's (N, 7) predictions."""
+def score_rows(
+    batch: pa.Table, predictions: np.ndarray, run_id: str, model_version: str, shift: list[float] | None = None
+) -> pa.Table:
+    """Rows of ``schema.SCORES`` from a batch's keys and errors and the model's (N, 7) predictions (probabilities
+    calibrated with the prior ``shift``, ``calibration.apply``, where the model has one).
+
+    The predicted stage is the argmax of the model's own probabilities, the rule the best checkpoint was chosen
+    by: recovered from calibrated ones as argmax(log p - shift), which a temperature does not change. The
+    expected stage is the calibrated probabilities' mean."""
     failed = pc.is_valid(batch["error"])
     mask = failed.to_numpy(zero_copy_only=False)
     n = batch.num_rows
@@ -279,7 +292,7 @@ def score_rows(batch: pa.Table, predictions: np.ndarray, run_id: str, model_vers
         pa.array([run_id] * n, pa.string()),
         pa.array([model_version] * n, pa.string()),
         pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), domain.NUM_STAGES, mask=pa.array(mask)),
-        pa.array(probs.argmax(1).astype(np.int8), mask=mask),
+        pa.array(_stages(probs, shift), mask=mask),
         pa.array((probs @ np.arange(domain.NUM_STAGES, dtype=np.float32)).astype(np.float32), mask=mask),
         pa.array(pct.astype(np.float32), mask=no_pct),
         pa.array(np.asarray(stage_of_pct, dtype=np.int8), mask=no_pct),
@@ -289,6 +302,13 @@ def score_rows(batch: pa.Table, predictions: np.ndarray, run_id: str, model_vers
         batch["source_file"],
     ]
     return pa.Table.from_arrays(columns, schema=schema.SCORES)
+
+
+def _stages(probs: np.ndarray, shift: list[float] | None) -> np.ndarray:
+    """The model's own argmax stage of (possibly calibrated) probabilities."""
+    if shift is None:
+        return probs.argmax(1).astype(np.int8)
+    return (np.log(np.clip(probs, 1e-12, 1.0)) - np.asarray(shift)).argmax(1).astype(np.int8)
 
 
 def check_registry(url: str, options: storage.StorageOptions) -> dict[str, dict]:

@@ -22,7 +22,7 @@ from erosion.core.settings import setting
 from erosion.core.split import SPLITS, split_of
 from erosion.io import storage
 from erosion.io.ratings import rater_stages
-from erosion.model import checkpoint
+from erosion.model import calibration, checkpoint
 from erosion.model.network import for_inference, predict
 from erosion.registry.preprocess import letterbox_batch
 
@@ -63,16 +63,7 @@ def predict_split(
     ``views``: test-time augmentation, as in scoring (``augment.views``).
     """
     model, card = checkpoint.load(model_url, options=options)
-    model = for_inference(model)
-    ids, predictions = [], []
-    for _, _, batch in storage.iter_batches(registry, ["joint_id", "patient_id", "image"], 256, options):
-        keep = pc.equal(pa.array([split_of(p, split_seed) for p in batch["patient_id"].to_pylist()]), split)
-        batch = batch.filter(keep)
-        pixels, errors = letterbox_batch(batch["image"].to_pylist(), card.model.input_size)
-        ok = np.array([e is None for e in errors], dtype=bool)
-        ids += [j for j, good in zip(batch["joint_id"].to_pylist(), ok, strict=True) if good]
-        predictions.append(predict(model, pixels[ok], views))
-    rows = np.concatenate(predictions) if predictions else np.zeros((0, PREDICTION_WIDTH), np.float32)
+    ids, rows = split_predictions(model, card.model.input_size, registry, split, split_seed, options, views)
     return pd.DataFrame(
         {
             "stage": rows[:, PREDICTION_PROBS].argmax(1).astype(np.int64),
@@ -80,6 +71,67 @@ def predict_split(
         },
         index=pd.Index(ids, name="joint_id"),
     )
+
+
+def split_predictions(
+    model: torch.nn.Module,
+    input_size: int,
+    registry: str,
+    split: str,
+    split_seed: int = 0,
+    options: storage.StorageOptions | None = None,
+    views: torch.Tensor | None = None,
+) -> tuple[list[str], np.ndarray]:
+    """The joint ids of a split's decodable crops and the model's (N, 7) predictions of them (``network.predict``)."""
+    model = for_inference(model)
+    ids, predictions = [], []
+    for _, _, batch in storage.iter_batches(registry, ["joint_id", "patient_id", "image"], 256, options):
+        keep = pc.equal(pa.array([split_of(p, split_seed) for p in batch["patient_id"].to_pylist()]), split)
+        batch = batch.filter(keep)
+        pixels, errors = letterbox_batch(batch["image"].to_pylist(), input_size)
+        ok = np.array([e is None for e in errors], dtype=bool)
+        ids += [j for j, good in zip(batch["joint_id"].to_pylist(), ok, strict=True) if good]
+        predictions.append(predict(model, pixels[ok], views))
+    return ids, np.concatenate(predictions) if predictions else np.zeros((0, PREDICTION_WIDTH), np.float32)
+
+
+def fit_calibration(
+    model: torch.nn.Module,
+    input_size: int,
+    labels: pd.DataFrame,
+    registry: str,
+    class_weights: list[float] | None,
+    split_seed: int = 0,
+    options: storage.StorageOptions | None = None,
+) -> dict:
+    """The calibration of a trained model (``calibration``), fitted on the validation split's joints against
+    ``labels`` (a rater's stages, ``rater_reference``): the prior shift of its class weights and the temperature,
+    with ECE, NLL, Brier score and the reliability bins before and after."""
+    ids, rows = split_predictions(model, input_size, registry, "val", split_seed, options)
+    known = labels.index.get_indexer(pd.Index(ids))
+    probs = rows[known >= 0][:, PREDICTION_PROBS].astype(np.float64)
+    stages = labels["stage"].to_numpy()[known[known >= 0]].astype(np.int64)
+    shift = calibration.prior_shift(class_weights, probs.shape[1])
+    temperature = calibration.fit_temperature(probs, stages, shift)
+    calibrated = calibration.apply(probs, temperature, shift)
+    return {
+        "temperature": temperature,
+        "shift": shift.tolist(),
+        "fitted_on": "validation split",
+        "rows": len(stages),
+        "before": calibration.summary(probs, stages) | _bins(probs, stages),
+        "after": calibration.summary(calibrated, stages) | _bins(calibrated, stages),
+    }
+
+
+def _bins(probs: np.ndarray, labels: np.ndarray) -> dict:
+    count, confidence, accuracy = calibration.reliability(probs, labels)
+    as_list = lambda values: [None if np.isnan(v) else float(v) for v in values]  # noqa: E731
+    return {
+        "bin_count": count.astype(int).tolist(),
+        "bin_confidence": as_list(confidence),
+        "bin_accuracy": as_list(accuracy),
+    }
 
 
 def compare(predicted: pd.DataFrame, reference: pd.DataFrame) -> tuple[dict, np.ndarray]:

@@ -44,7 +44,7 @@ from erosion.model import cdf, checkpoint
 from erosion.model.augment import AugmentConfig
 from erosion.model.network import ModelConfig, build_model, file_sha256, load_pretrained, stage_logits
 from erosion.report import figures
-from erosion.train import labelled, recipe, step
+from erosion.train import evaluate, labelled, recipe, step
 
 SCORE = "selection"  # picks the best checkpoint: the validation balanced accuracy of an eligible epoch
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class TrainConfig:
     data: labelled.LabelSet = setting("the registry, ratings, rater and split")
     out: str = setting("runs live under <out>/<name>: Ray Train's checkpoints and the published model/")
     name: str = setting("the same name and out resume a run", "erosion")
-    epochs: int = setting("at most this many epochs (early stopping may end the run sooner)", 60)
+    epochs: int = setting("at most this many epochs (early stopping may end the run sooner)", 80)
     workers: int = setting("Ray Train workers", 2)
     gpus_per_worker: float = setting("> 0 trains on GPUs (bf16 autocast, channels-last)", 0.0)
     cpus_per_worker: float = setting("leave CPUs for Ray Data's read and decode tasks", 0.5)
@@ -71,7 +71,7 @@ class TrainConfig:
     warmup_epochs: int = setting("cosine: epochs of linear warm-up", 3)
     lr_floor: float = setting("cosine: the last epoch's learning rate as a share of --lr", 0.02)
     best_after: int = setting("epochs before this one (0-based) never become the best checkpoint", 5)
-    patience: int = setting("stop after this many epochs without a better validation balanced accuracy; 0: never", 12)
+    patience: int = setting("stop after this many epochs without a better validation balanced accuracy; 0: never", 20)
     weighted_loss: bool = setting("balanced class weights of the training split; False: plain (unweighted) loss", True)
     seed: int = setting("seed of the weights, the shuffling and the augmentation", 0)
     shuffle_buffer: int = setting("rows each worker shuffles locally (blocks are also read in random order)", 1024)
@@ -121,7 +121,7 @@ def train(config: TrainConfig) -> TrainResult:
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
     result = trainer.fit()
-    return _publish(config, result.get_best_checkpoint(SCORE, "max"), result.checkpoint)
+    return _publish(config, result.get_best_checkpoint(SCORE, "max"), result.checkpoint, weights)
 
 
 def _check(config: TrainConfig) -> None:
@@ -195,13 +195,26 @@ def _split(config: TrainConfig, split: str) -> ray.data.Dataset:
     return labelled.decoded(rows, config.model.input_size)
 
 
-def _publish(config: TrainConfig, best: ray.train.Checkpoint, latest: ray.train.Checkpoint) -> TrainResult:
+def _publish(
+    config: TrainConfig, best: ray.train.Checkpoint, latest: ray.train.Checkpoint, weights: list[float] | None
+) -> TrainResult:
+    """The best checkpoint as ``<run>/model``, with the whole history and its calibration; the learning curve."""
     run = f"{config.out.rstrip('/')}/{config.name}"
     with latest.as_directory() as directory:
         history = checkpoint.read_card(directory).history
     with best.as_directory() as directory:
         model, card = checkpoint.load(directory)
     card.history = history
+    reference = evaluate.rater_reference(config.data.ratings, config.data.rater, config.data.options)
+    card.calibration = evaluate.fit_calibration(
+        model,
+        card.model.input_size,
+        reference,
+        config.data.registry,
+        weights,
+        config.data.split_seed,
+        config.data.options,
+    )
     checkpoint.write(f"{run}/model", model, card, options=config.data.options)
     curve = figures.learning_curve(history, card.epoch)
     storage.write_bytes(f"{run}/learning_curve.png", curve, config.data.options)
