@@ -43,6 +43,7 @@ def test_carry_takes_the_percent_where_the_scores_have_one_and_nan_where_they_pr
     columns = {
         "fingerprint": pa.array([p.tobytes() for p in prints], pa.binary(16)),
         "probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), 6),
+        "ratingen_pred": pa.array([0, 1, None], pa.int8()),
         "error": pa.array([None, None, "cannot decode image: truncated"], pa.string()),
     }
     for name, table in {
@@ -55,7 +56,9 @@ def test_carry_takes_the_percent_where_the_scores_have_one_and_nan_where_they_pr
         lookup = carry.load(str(tmp_path / name))
         found = lookup.find(prints)
         assert found[2] == -1  # a failed row is scored again, not carried
-        np.testing.assert_array_equal(lookup.predictions[found[:2]], np.column_stack([probs[:2], pct]))
+        nan = np.full(2, np.nan)  # no spread, in-sample unknown: columns these scores predate
+        expected = np.column_stack([probs[:2], pct, nan, [0, 1], nan])
+        np.testing.assert_array_equal(lookup.predictions[found[:2]], expected)
 
 
 def _scores(run: str) -> dict[str, tuple]:

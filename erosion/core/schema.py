@@ -44,8 +44,8 @@ SCORES = pa.schema(
     + [
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("model_version", pa.string(), nullable=False),
-        pa.field("probs", pa.list_(pa.float32(), 6)),  # P(stage k), k = 0..5; null for a row with an error
-        pa.field("ratingen_pred", pa.int8()),  # argmax of probs
+        pa.field("probs", pa.list_(pa.float32(), 6)),  # P(stage k), k = 0..5, calibrated; null for a failed row
+        pa.field("ratingen_pred", pa.int8()),  # the model's own argmax stage (of its probabilities before calibration)
         pa.field("ratingen_expected", pa.float32()),  # sum of k * P(stage k)
         pa.field("erosion_pct_pred", pa.float32()),  # CDF head: the predicted % eroded (mean); null: stages head
         pa.field("ratingen_from_pct", pa.int8()),  # CDF head: the stage of erosion_pct_pred; null: stages head
@@ -53,6 +53,8 @@ SCORES = pa.schema(
         pa.field("fingerprint", pa.binary(16)),  # BLAKE2b-128 of joint_id and image: what carry-over compares
         pa.field("carried", pa.bool_(), nullable=False),  # the score was carried over from an earlier run
         pa.field("source_file", pa.string()),  # the registry file the row came from, as the run's manifest names it
+        pa.field("in_sample", pa.bool_()),  # the model saw the patient in training; null: the model cannot tell
+        pa.field("stage_spread", pa.float32()),  # fold models: sd of the expected stage over them (new patients)
     ]
 )
 """Scores, one row per registry row per run: scored, or with its error."""
@@ -65,6 +67,14 @@ PREDICTION_PROBS = slice(0, NUM_STAGES)
 
 PREDICTION_PCT = NUM_STAGES
 """The column of a prediction that holds the predicted % eroded surface: ``prediction[:, PREDICTION_PCT]``."""
+
+SCORE_WIDTH = PREDICTION_WIDTH + 3
+"""A scored crop as scoring moves it (and carries it over): a prediction with calibrated probabilities, then the
+stage spread over fold models (NaN: none), the model's own stage and whether the patient is in-sample (1, 0;
+NaN: unknown)."""
+
+SCORE_SPREAD, SCORE_STAGE, SCORE_IN_SAMPLE = PREDICTION_WIDTH, PREDICTION_WIDTH + 1, PREDICTION_WIDTH + 2
+"""The columns of a scored crop after its prediction's."""
 
 KEY = "joint_id"
 

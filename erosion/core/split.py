@@ -15,7 +15,7 @@ SPLITS = ("train", "val", "test")
 FRACTIONS = (0.7, 0.2, 0.1)
 
 
-def patient_unit(patient_id: str, seed: int) -> float:
+def patient_unit(patient_id: str, seed: int | str) -> float:
     """The patient's position in [0, 1): the first 8 bytes of BLAKE2b(seed, patient_id) over 2**64."""
     digest = hashlib.blake2b(patient_id.encode(), digest_size=8, key=str(seed).encode()).digest()
     return int.from_bytes(digest, "big") / 2**64
@@ -36,3 +36,22 @@ def assign_splits(
 ) -> dict[str, str]:
     """The split of every distinct patient in ``patient_ids``."""
     return {p: split_of(p, seed, fractions) for p in set(patient_ids)}
+
+
+def fold_of(patient_id: str, seed: int, folds: int) -> int:
+    """The patient's cross-fitting fold, 0..folds-1: the same keyed hash as the split, under another key
+    (``<seed>/folds``), so that folds and splits are independent of each other."""
+    return min(int(patient_unit(patient_id, f"{seed}/folds") * folds), folds - 1)
+
+
+def member(patient_id: str, split: str, seed: int, folds: int = 0, held_out: int = -1) -> bool:
+    """Whether a patient belongs to ``split`` of a training run's data. Without folds: the patient's split. With
+    ``folds`` and the fold ``held_out``: never for a patient of that fold; otherwise ``val`` is the patients of
+    the validation split and ``train`` every other patient (the test split trains too: the held-out fold is what
+    tests a cross-fitted model)."""
+    if folds:
+        if fold_of(patient_id, seed, folds) == held_out:
+            return False
+        in_val = split_of(patient_id, seed) == "val"
+        return in_val if split == "val" else split == "train" and not in_val
+    return split_of(patient_id, seed) == split

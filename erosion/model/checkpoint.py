@@ -6,7 +6,12 @@ A checkpoint is a folder (local or ``s3://``) of three files:
 - ``optimizer.pt``: the optimizer's state, so that training can resume (scoring ignores it);
 - ``card.json``: the model version, the architecture's config, the class order, the pre-processing
   settings, the training config, the epoch, the metrics history of every epoch up to it, and the pretrained
-  weights training started from (their file and SHA-256; none: random weights).
+  weights training started from (their file and SHA-256; none: random weights), and the calibration fitted
+  after training;
+- ``patients.parquet``: the patients the model saw in training (their joints' scores are in-sample).
+
+A cross-fitted run's ``model/`` is a fold set: a card without weights that lists the fold models
+(``members``), and a patients table that gives every patient's fold.
 
 The model version is a content hash (SHA-256 over the architecture's config and every tensor's name, type,
 shape and bytes), so two checkpoints with the same weights have the same version on any machine. The CNN's
@@ -21,6 +26,8 @@ import io
 import json
 from dataclasses import asdict, dataclass, field
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from erosion.core.domain import NUM_STAGES
@@ -30,6 +37,7 @@ from erosion.model.network import ModelConfig, build_model
 CARD = "card.json"
 WEIGHTS = "weights.pt"
 OPTIMIZER = "optimizer.pt"
+PATIENTS = "patients.parquet"
 
 
 @dataclass
@@ -45,6 +53,7 @@ class ModelCard:
     preprocess: dict = field(default_factory=dict)
     pretrained: dict | None = None  # {"file", "sha256"} of the weights training started from; None: random
     calibration: dict | None = None  # temperature and prior shift (``calibration``), fitted after training
+    members: list[str] = field(default_factory=list)  # a fold set's card: its fold models, relative to the run
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -112,16 +121,74 @@ def load(
     return model.to(device).eval(), card
 
 
+def load_members(
+    directory: str, device: str | torch.device = "cpu", options: storage.StorageOptions | None = None
+) -> list[tuple[torch.nn.Module, ModelCard]]:
+    """Every model behind a checkpoint folder: itself, or a fold set's fold models in fold order."""
+    card = read_card(directory, options)
+    if not card.members:
+        return [load(directory, device, options)]
+    run = _folder(directory, options).rsplit("/", 1)[0]
+    root = directory.split("://", 1)[0] + "://" if "://" in directory else ""
+    return [load(f"{root}{run}/{member}", device, options) for member in card.members]
+
+
+def write_set(run: str, members: list[str], options: storage.StorageOptions | None = None) -> ModelCard:
+    """Publish the fold models ``members`` (their folders, relative to ``run``) as one model, ``<run>/model``: a
+    card without weights whose version is a hash of theirs; scoring loads it with ``load_members``."""
+    root = run.rstrip("/")
+    cards = [read_card(f"{root}/{member}", options) for member in members]
+    version = hashlib.sha256("/".join(c.model_version for c in cards).encode()).hexdigest()[:16]
+    first = cards[0]
+    card = ModelCard(
+        model_version=version,
+        model=first.model,
+        epoch=-1,
+        history=[],
+        train=first.train | {"folds": len(members)},
+        preprocess=first.preprocess,
+        members=members,
+    )
+    fs, path = storage.filesystem(f"{root}/model", options)
+    fs.makedirs(path, exist_ok=True)
+    fs.pipe_file(f"{path}/{CARD}", json.dumps(card.to_json(), indent=2).encode())
+    return card
+
+
+def write_patients(directory: str, patients: pa.Table, options: storage.StorageOptions | None = None) -> None:
+    """The patients a model saw in training (``patient_id``; a fold set: every patient with its ``fold``)."""
+    storage.write_table(f"{directory.rstrip('/')}/{PATIENTS}", patients, options)
+
+
+def read_patients(directory: str, options: storage.StorageOptions | None = None) -> pa.Table | None:
+    """The model's patients table (``write_patients``); None for a model published without one."""
+    fs, _ = storage.filesystem(directory, options)
+    path = f"{_folder(directory, options)}/{PATIENTS}"
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f)
+
+
 def load_optimizer_state(directory: str, options: storage.StorageOptions | None = None) -> dict:
     """The optimizer's state saved with a checkpoint (for resuming training)."""
     return torch.load(io.BytesIO(_read(directory, OPTIMIZER, options)), map_location="cpu", weights_only=True)
 
 
-def _read(directory: str, name: str, options: storage.StorageOptions | None) -> bytes:
+def _folder(directory: str, options: storage.StorageOptions | None) -> str:
+    """The checkpoint folder's path: ``directory``, or a training run's ``model/``."""
     fs, path = storage.filesystem(directory, options)
     path = path.rstrip("/")
     if not fs.exists(f"{path}/{CARD}") and fs.exists(f"{path}/model/{CARD}"):
         path = f"{path}/model"  # a training run's folder: its chosen model
+    return path
+
+
+def _read(directory: str, name: str, options: storage.StorageOptions | None) -> bytes:
+    fs, _ = storage.filesystem(directory, options)
+    path = _folder(directory, options)
+    if name == WEIGHTS and read_card(directory, options).members:
+        raise ValueError(f"{directory} is a fold set: load its fold models with checkpoint.load_members.")
     if not fs.exists(f"{path}/{name}"):
         raise FileNotFoundError(f"no {name} in {directory}: not a checkpoint of erosion train")
     return fs.cat_file(f"{path}/{name}")

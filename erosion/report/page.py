@@ -44,6 +44,7 @@ class Context:
     icc_form: str
     made: str  # when the report was made, ISO 8601 UTC
     calibration: dict | None = None  # the model card's, where the model has one
+    in_sample: bool = False  # whether in-sample scores were compared too
 
 
 def render(
@@ -150,6 +151,9 @@ def _facts(context: Context, joints: str, humans: list[str]) -> str:
         f"{run.rows.get('failed', 0):,} could not be scored)",
         "Joints compared": joints + ("" if context.split == "all" else f" (split seed {context.split_seed})"),
         "Human raters": ", ".join(humans) or "none",
+        "In-sample scores": "compared too (--in-sample): they flatter the model"
+        if context.in_sample
+        else "left out: joints of patients the model saw in training (see the accounting)",
     }
     items = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in facts.items())
     return f"<dl>{items}</dl>"

@@ -42,6 +42,7 @@ class ReportConfig:
     out: str = setting("the report's folder; default <scores>/report", "")
     split: str = setting("only the joints of one patient split of split_seed", "all", choices=("all", *SPLITS))
     split_seed: int = setting("the seed of the patient split", 0)
+    in_sample: bool = setting("also compare the joints of patients the model saw in training (in-sample)", False)
     icc_form: str = setting(
         "the form the page reports; the Parquet table has all six", "ICC2", choices=tuple(agreement.ICC_FORMS)
     )
@@ -75,9 +76,13 @@ def build(config: ReportConfig, folder: str, run: runs.RunManifest | None = None
     run = run or runs.manifest(config.scores, config.options)
     model = tables.model_rater(run.model_version)
     columns = ["joint_id", "patient_id", "joint", "ratingen_pred", "error"]
+    known = set.intersection(
+        *(set(m.schema.names) for m in storage.footers(run.path("scores"), config.options).values())
+    )
+    columns += ["in_sample"] if "in_sample" in known else []  # runs scored before in_sample existed lack it
     scores = storage.read_table(run.path("scores"), columns, config.options).to_pandas()
     ratings = storage.read_table(config.ratings, ["joint_id", "rater", "ratingen"], config.options).to_pandas()
-    stages, accounting = tables.join_stages(scores, ratings, model, config.split, config.split_seed)
+    stages, accounting = tables.join_stages(scores, ratings, model, config.split, config.split_seed, config.in_sample)
     humans = [c for c in stages.columns if c not in ("joint", model)]
     made = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     calibration = checkpoint.read_card(run.model, config.options).calibration
@@ -89,6 +94,7 @@ def build(config: ReportConfig, folder: str, run: runs.RunManifest | None = None
         icc_form=config.icc_form,
         made=made,
         calibration=calibration,
+        in_sample=config.in_sample,
     )
     html = f"{folder}/report.html"
     if not humans:  # an empty registry, or no rating of a scored joint: the page says so, and where rows went

@@ -37,12 +37,18 @@ def model_rater(model_version: str) -> str:
 
 
 def join_stages(
-    scores: pd.DataFrame, ratings: pd.DataFrame, rater: str, split: str = "all", split_seed: int = 0
+    scores: pd.DataFrame,
+    ratings: pd.DataFrame,
+    rater: str,
+    split: str = "all",
+    split_seed: int = 0,
+    in_sample: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The stages of every reportable joint by rater, and the accounting of every input row.
 
     ``scores`` has joint_id, patient_id, joint, ratingen_pred and error; ``ratings`` joint_id, rater and
-    ratingen. The result is indexed by joint_id with a ``joint`` column and one float column per rater
+    ratingen (and ``in_sample``, where the scores have it: those joints are left out unless ``in_sample``).
+    The result is indexed by joint_id with a ``joint`` column and one float column per rater
     (NaN where that rater did not rate the joint), the model's column named ``rater``.
     """
     accounting = []
@@ -53,6 +59,10 @@ def join_stages(
     twice = scored["joint_id"].duplicated(keep=False)
     accounting.append(("scores", "left out, joint_id scored more than once", int(twice.sum())))
     scored = scored[~twice]
+    if "in_sample" in scored.columns and not in_sample:
+        seen = scored["in_sample"].fillna(False).astype(bool)
+        accounting.append(("scores", "left out, in-sample: the model saw the patient in training", int(seen.sum())))
+        scored = scored[~seen]
     if split != "all":
         inside = scored["patient_id"].map(lambda p: split_of(p, split_seed) == split).astype(bool)
         accounting.append(("scores", f"left out, patient outside the {split} split", int((~inside).sum())))

@@ -12,8 +12,9 @@ whose rows were all scored then (``complete_files``) is not read at all: its row
 scores (``copy``), found by their ``source_file``; the lookup is loaded only where some file must be read.
 
 The lookup is a sorted array of the fingerprints' first 8 bytes (binary search, vectorised), their full
-16 bytes and their predictions (six probabilities and the CDF head's %): about 44 bytes a joint, shared through
-Ray's object store. Scores written before the CDF head have no % column: their % reads as NaN (stages head).
+16 bytes and their scores (six calibrated probabilities, the CDF head's %, the spread over fold models, the
+model's own stage, in-sample): about 64 bytes a joint, shared through Ray's object store. Columns that scores
+written by earlier versions lack read as NaN.
 """
 
 from __future__ import annotations
@@ -28,7 +29,14 @@ import pyarrow.compute as pc
 
 from erosion.core import schema
 from erosion.core.domain import NUM_STAGES
-from erosion.core.schema import PREDICTION_PCT, PREDICTION_PROBS, PREDICTION_WIDTH
+from erosion.core.schema import (
+    PREDICTION_PCT,
+    PREDICTION_PROBS,
+    SCORE_IN_SAMPLE,
+    SCORE_SPREAD,
+    SCORE_STAGE,
+    SCORE_WIDTH,
+)
 from erosion.io import storage
 
 SIZE = 16  # bytes of a fingerprint
@@ -52,7 +60,7 @@ class Carry:
 
     keys: np.ndarray  # (M,) uint64, sorted: the fingerprints' first 8 bytes
     prints: np.ndarray  # (M, 16) uint8, in the order of keys
-    predictions: np.ndarray  # (M, 7) float32, in the order of keys: P(stage 0..5) and the % (NaN: stages head)
+    predictions: np.ndarray  # (M, SCORE_WIDTH) float32, in the order of keys (``schema.SCORE_WIDTH``)
 
     @classmethod
     def of(cls, prints: np.ndarray, predictions: np.ndarray) -> Carry:
@@ -72,19 +80,22 @@ class Carry:
 
 def load(scores: str, options: storage.StorageOptions | None = None) -> Carry:
     """The lookup of a committed run's successfully scored rows (its ``scores/`` table)."""
-    with_pct = "erosion_pct_pred" in _columns(scores, options)  # absent from scores older than the CDF head
-    columns = ["fingerprint", "probs", "error"] + (["erosion_pct_pred"] if with_pct else [])
+    present = _columns(scores, options)  # older scores lack the CDF head's %, the spread and in_sample: NaN
+    optional = {"erosion_pct_pred": PREDICTION_PCT, "stage_spread": SCORE_SPREAD, "in_sample": SCORE_IN_SAMPLE}
+    columns = ["fingerprint", "probs", "ratingen_pred", "error"] + [c for c in optional if c in present]
     prints, predictions = [], []
     for _, _, batch in storage.iter_batches(scores, columns, 65_536, options):
         batch = batch.filter(pc.and_(pc.is_null(batch["error"]), pc.is_valid(batch["fingerprint"])))
         prints.append(fixed_binary_view(batch["fingerprint"], SIZE))
-        values = np.full((batch.num_rows, PREDICTION_WIDTH), np.nan, np.float32)
+        values = np.full((batch.num_rows, SCORE_WIDTH), np.nan, np.float32)
         values[:, PREDICTION_PROBS] = batch["probs"].flatten().to_numpy().reshape(-1, NUM_STAGES)
-        if with_pct:
-            values[:, PREDICTION_PCT] = batch["erosion_pct_pred"].to_numpy(zero_copy_only=False)
+        values[:, SCORE_STAGE] = batch["ratingen_pred"].to_numpy(zero_copy_only=False)
+        for name, column in optional.items():
+            if name in present:
+                values[:, column] = pc.cast(batch[name], pa.float32()).to_numpy(zero_copy_only=False)
         predictions.append(values)
     if not prints:
-        return Carry.of(np.zeros((0, SIZE), np.uint8), np.zeros((0, PREDICTION_WIDTH), np.float32))
+        return Carry.of(np.zeros((0, SIZE), np.uint8), np.zeros((0, SCORE_WIDTH), np.float32))
     return Carry.of(np.concatenate(prints), np.concatenate(predictions))
 
 
@@ -104,10 +115,15 @@ def copy(scores: str, files: set[str], run_id: str, out: str, options: storage.S
     """Copy the rows of ``files`` from an earlier run's scores into ``out`` as this run's carried rows, without
     reading any image; returns the rows copied."""
     wanted = pa.array(sorted(files), pa.string())
+    present = [name for name in schema.SCORES.names if name in _columns(scores, options)]
     with storage.TableWriter(out, schema.SCORES, 100_000, options, row_group_rows=65_536, prefix="carried") as writer:
-        for _, _, batch in storage.iter_batches(scores, schema.SCORES.names, 65_536, options):
+        for _, _, batch in storage.iter_batches(scores, present, 65_536, options):
             rows = pa.Table.from_batches([batch]).filter(pc.is_in(batch["source_file"], wanted))
             n = rows.num_rows
+            for field in schema.SCORES:  # columns that scores of an earlier version lack: null
+                if field.name not in present:
+                    rows = rows.append_column(field, pa.nulls(n, field.type))
+            rows = rows.select(schema.SCORES.names)
             rows = rows.set_column(rows.schema.get_field_index("run_id"), "run_id", pa.array([run_id] * n, pa.string()))
             writer.write(rows.set_column(rows.schema.get_field_index("carried"), "carried", pa.array([True] * n)))
     return writer.rows

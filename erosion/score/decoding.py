@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from erosion.core import domain, schema
-from erosion.core.schema import PREDICTION_WIDTH
+from erosion.core.schema import SCORE_WIDTH
 from erosion.registry.preprocess import letterbox
 from erosion.score.carry import SIZE, Carry, fingerprints, fixed_binary_view
 
@@ -43,7 +43,7 @@ def decode_batch(batch: pa.Table, size: int, crash_once: str | None = None, carr
             except ValueError as problem:
                 error = str(problem)
         errors.append(error)
-    carried = np.zeros((batch.num_rows, PREDICTION_WIDTH), dtype=np.float32)
+    carried = np.zeros((batch.num_rows, SCORE_WIDTH), dtype=np.float32)
     is_carried = (found >= 0) & np.array([e is None for e in errors], dtype=bool)
     if is_carried.any():
         carried[is_carried] = carry.predictions[found[is_carried]]
@@ -55,7 +55,7 @@ def decode_batch(batch: pa.Table, size: int, crash_once: str | None = None, carr
         .append_column("fingerprint", _fixed_binary(prints, SIZE, mask=~present))
         .append_column(
             "carried",
-            pa.FixedSizeListArray.from_arrays(pa.array(carried.ravel()), PREDICTION_WIDTH, mask=pa.array(~is_carried)),
+            pa.FixedSizeListArray.from_arrays(pa.array(carried.ravel()), SCORE_WIDTH, mask=pa.array(~is_carried)),
         )
         .append_column("source_file", source)
     )

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
@@ -232,7 +233,12 @@ def model_scores(crops: ray.data.Dataset, config: ScoreConfig, run_id: str) -> r
 
 
 class Scorer:
-    """A model actor: loads the checkpoint once, then turns batches of decoded crops into score rows."""
+    """A model actor: loads the model (or a fold set's fold models) once, then turns batches of decoded crops into
+    score rows: calibrated probabilities, the model's own stage, whether the patient is in-sample.
+
+    A fold set scores each joint with the fold model that never saw its patient, and a joint of a patient no
+    fold model saw (a new patient) with the mean over the fold models, their spread beside it.
+    """
 
     def __init__(
         self,
@@ -244,13 +250,14 @@ class Scorer:
         crash_once: str | None = None,
     ) -> None:
         heap.keep_freed_memory()
-        model, card = checkpoint.load(model, device, options)
-        self.model = for_inference(model)
+        members = checkpoint.load_members(model, device, options)
+        self.members = [(for_inference(network), card.calibration) for network, card in members]
+        card = checkpoint.read_card(model, options)
         self.crash_once = crash_once  # tests: the first call to find this marker file missing kills the actor
         self.views = views
         self.size = card.preprocess["input_size"]
         self.run_id, self.version = run_id, card.model_version
-        self.calibration = card.calibration
+        self.patients = _patient_folds(checkpoint.read_patients(model, options))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.crash_once and not os.path.exists(self.crash_once):
@@ -258,41 +265,91 @@ class Scorer:
             os._exit(1)  # as an actor lost mid-batch (its node gone, out of memory) would
         carried = pc.is_valid(batch["carried"]).to_numpy(zero_copy_only=False)
         ok = pc.is_null(batch["error"]).to_numpy(zero_copy_only=False) & ~carried
-        predictions = np.full((batch.num_rows, schema.PREDICTION_WIDTH), np.nan, dtype=np.float32)
+        scored = np.full((batch.num_rows, schema.SCORE_WIDTH), np.nan, dtype=np.float32)
         if ok.any():
-            predictions[ok] = predict(self.model, decoding.pixel_view(batch["pixels"], self.size)[ok], self.views)
-            if self.calibration:
-                raw = predictions[ok, schema.PREDICTION_PROBS]
-                temperature, shift = self.calibration["temperature"], self.calibration["shift"]
-                predictions[ok, schema.PREDICTION_PROBS] = calibration.apply(raw, temperature, shift)
+            pixels = decoding.pixel_view(batch["pixels"], self.size)[ok]
+            patients = np.asarray(batch["patient_id"].to_pylist(), dtype=object)[ok]
+            scored[ok] = self._score(pixels, patients)
         if carried.any():
             flat = batch["carried"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            predictions[carried] = flat.reshape(-1, schema.PREDICTION_WIDTH)
-        shift = self.calibration["shift"] if self.calibration else None
-        return score_rows(batch, predictions, self.run_id, self.version, shift)
+            scored[carried] = flat.reshape(-1, schema.SCORE_WIDTH)
+        return score_rows(batch, scored, self.run_id, self.version)
+
+    def _score(self, pixels: np.ndarray, patients: np.ndarray) -> np.ndarray:
+        """(N, SCORE_WIDTH) scores of crops of these patients."""
+        if len(self.members) == 1:
+            network, calibrated = self.members[0]
+            scored = _scored(predict(network, pixels, self.views), calibrated)
+            if self.patients is not None:
+                scored[:, schema.SCORE_IN_SAMPLE] = self.patients.index.get_indexer(patients) >= 0
+            return scored
+        folds = self._folds(patients)
+        scored = np.full((len(pixels), schema.SCORE_WIDTH), np.nan, dtype=np.float32)
+        for fold, (network, calibrated) in enumerate(self.members):
+            rows = folds == fold
+            if rows.any():
+                scored[rows] = _scored(predict(network, pixels[rows], self.views), calibrated)
+        new = folds < 0
+        if new.any():
+            scored[new] = _mean([_scored(predict(m, pixels[new], self.views), c) for m, c in self.members])
+        scored[:, schema.SCORE_IN_SAMPLE] = 0.0  # no fold model saw the patient of the joint it scored
+        return scored
+
+    def _folds(self, patients: np.ndarray) -> np.ndarray:
+        """Each patient's fold (-1: a patient the fold set never saw, or no patients table)."""
+        if self.patients is None:
+            return np.full(len(patients), -1)
+        position = self.patients.index.get_indexer(patients)
+        return np.where(position >= 0, self.patients.to_numpy()[np.maximum(position, 0)], -1)
 
 
-def score_rows(
-    batch: pa.Table, predictions: np.ndarray, run_id: str, model_version: str, shift: list[float] | None = None
-) -> pa.Table:
-    """Rows of ``schema.SCORES`` from a batch's keys and errors and the model's (N, 7) predictions (probabilities
-    calibrated with the prior ``shift``, ``calibration.apply``, where the model has one).
+def _patient_folds(patients: pa.Table | None) -> pd.Series | None:
+    """patient_id -> fold (-1 for a single model's patients), from a model's patients table."""
+    if patients is None:
+        return None
+    folds = patients["fold"].to_numpy() if "fold" in patients.column_names else np.full(patients.num_rows, -1)
+    return pd.Series(folds, index=pd.Index(patients["patient_id"].to_pylist(), dtype=object))
 
-    The predicted stage is the argmax of the model's own probabilities, the rule the best checkpoint was chosen
-    by: recovered from calibrated ones as argmax(log p - shift), which a temperature does not change. The
-    expected stage is the calibrated probabilities' mean."""
+
+def _scored(predictions: np.ndarray, calibrated: dict | None) -> np.ndarray:
+    """(N, SCORE_WIDTH) from a model's (N, 7) predictions: probabilities calibrated with the model's calibration
+    (``calibration.apply``) where it has one, its own argmax stage, no spread, in-sample unknown."""
+    scored = np.full((len(predictions), schema.SCORE_WIDTH), np.nan, dtype=np.float32)
+    scored[:, : schema.PREDICTION_WIDTH] = predictions
+    raw = predictions[:, schema.PREDICTION_PROBS]
+    if calibrated:
+        scored[:, schema.PREDICTION_PROBS] = calibration.apply(raw, calibrated["temperature"], calibrated["shift"])
+    scored[:, schema.SCORE_STAGE] = raw.argmax(1)
+    return scored
+
+
+def _mean(members: list[np.ndarray]) -> np.ndarray:
+    """The fold models' scores of the same crops as one: mean probabilities and %, the stage of the mean, the
+    standard deviation of the expected stage over the models as the spread."""
+    stacked = np.stack(members)
+    scored = stacked.mean(axis=0)
+    scored[:, schema.SCORE_STAGE] = scored[:, schema.PREDICTION_PROBS].argmax(1)
+    expected = stacked[:, :, schema.PREDICTION_PROBS] @ np.arange(domain.NUM_STAGES, dtype=np.float32)
+    scored[:, schema.SCORE_SPREAD] = expected.std(axis=0)
+    return scored
+
+
+def score_rows(batch: pa.Table, scored: np.ndarray, run_id: str, model_version: str) -> pa.Table:
+    """Rows of ``schema.SCORES`` from a batch's keys and errors and its (N, SCORE_WIDTH) scores."""
     failed = pc.is_valid(batch["error"])
     mask = failed.to_numpy(zero_copy_only=False)
     n = batch.num_rows
-    probs = np.nan_to_num(predictions[:, schema.PREDICTION_PROBS])  # a failed row's are masked
-    pct = predictions[:, schema.PREDICTION_PCT]
+    probs = np.nan_to_num(scored[:, schema.PREDICTION_PROBS])  # a failed row's are masked
+    pct = scored[:, schema.PREDICTION_PCT]
     no_pct = mask | np.isnan(pct)
     stage_of_pct = domain.ratingen_stage(np.clip(np.where(no_pct, 0.0, pct), 0.0, 100.0))
+    stage = np.nan_to_num(scored[:, schema.SCORE_STAGE]).astype(np.int8)
+    spread, in_sample = scored[:, schema.SCORE_SPREAD], scored[:, schema.SCORE_IN_SAMPLE]
     columns = [batch[k] for k in schema.KEYS] + [
         pa.array([run_id] * n, pa.string()),
         pa.array([model_version] * n, pa.string()),
         pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), domain.NUM_STAGES, mask=pa.array(mask)),
-        pa.array(_stages(probs, shift), mask=mask),
+        pa.array(stage, mask=mask),
         pa.array((probs @ np.arange(domain.NUM_STAGES, dtype=np.float32)).astype(np.float32), mask=mask),
         pa.array(pct.astype(np.float32), mask=no_pct),
         pa.array(np.asarray(stage_of_pct, dtype=np.int8), mask=no_pct),
@@ -300,15 +357,10 @@ def score_rows(
         batch["fingerprint"],
         pc.is_valid(batch["carried"]),
         batch["source_file"],
+        pa.array(in_sample == 1, mask=np.isnan(in_sample) | mask),
+        pa.array(spread.astype(np.float32), mask=np.isnan(spread) | mask),
     ]
     return pa.Table.from_arrays(columns, schema=schema.SCORES)
-
-
-def _stages(probs: np.ndarray, shift: list[float] | None) -> np.ndarray:
-    """The model's own argmax stage of (possibly calibrated) probabilities."""
-    if shift is None:
-        return probs.argmax(1).astype(np.int8)
-    return (np.log(np.clip(probs, 1e-12, 1.0)) - np.asarray(shift)).argmax(1).astype(np.int8)
 
 
 def check_registry(url: str, options: storage.StorageOptions) -> dict[str, dict]:

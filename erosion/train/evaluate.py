@@ -19,7 +19,7 @@ import torch
 from erosion.core import agreement
 from erosion.core.schema import PREDICTION_PCT, PREDICTION_PROBS, PREDICTION_WIDTH
 from erosion.core.settings import setting
-from erosion.core.split import SPLITS, split_of
+from erosion.core.split import SPLITS, member
 from erosion.io import storage
 from erosion.io.ratings import rater_stages
 from erosion.model import calibration, checkpoint
@@ -81,13 +81,16 @@ def split_predictions(
     split_seed: int = 0,
     options: storage.StorageOptions | None = None,
     views: torch.Tensor | None = None,
+    folds: int = 0,
+    held_out: int = -1,
 ) -> tuple[list[str], np.ndarray]:
-    """The joint ids of a split's decodable crops and the model's (N, 7) predictions of them (``network.predict``)."""
+    """The joint ids of a split's decodable crops (``split.member``: of a cross-fitting run's data, with ``folds``
+    and ``held_out``) and the model's predictions of them (``network.predict``)."""
     model = for_inference(model)
     ids, predictions = [], []
     for _, _, batch in storage.iter_batches(registry, ["joint_id", "patient_id", "image"], 256, options):
-        keep = pc.equal(pa.array([split_of(p, split_seed) for p in batch["patient_id"].to_pylist()]), split)
-        batch = batch.filter(keep)
+        patients = batch["patient_id"].to_pylist()
+        batch = batch.filter(pa.array([member(p, split, split_seed, folds, held_out) for p in patients]))
         pixels, errors = letterbox_batch(batch["image"].to_pylist(), input_size)
         ok = np.array([e is None for e in errors], dtype=bool)
         ids += [j for j, good in zip(batch["joint_id"].to_pylist(), ok, strict=True) if good]
@@ -103,11 +106,13 @@ def fit_calibration(
     class_weights: list[float] | None,
     split_seed: int = 0,
     options: storage.StorageOptions | None = None,
+    folds: int = 0,
+    held_out: int = -1,
 ) -> dict:
     """The calibration of a trained model (``calibration``), fitted on the validation split's joints against
     ``labels`` (a rater's stages, ``rater_reference``): the prior shift of its class weights and the temperature,
     with ECE, NLL, Brier score and the reliability bins before and after."""
-    ids, rows = split_predictions(model, input_size, registry, "val", split_seed, options)
+    ids, rows = split_predictions(model, input_size, registry, "val", split_seed, options, None, folds, held_out)
     known = labels.index.get_indexer(pd.Index(ids))
     probs = rows[known >= 0][:, PREDICTION_PROBS].astype(np.float64)
     stages = labels["stage"].to_numpy()[known[known >= 0]].astype(np.int64)

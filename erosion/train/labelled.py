@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
 from erosion.core.settings import setting
-from erosion.core.split import split_of
+from erosion.core.split import member
 from erosion.io import storage
 from erosion.io.datasets import TASK_CPUS, read
 from erosion.io.ratings import rater_stages
@@ -36,6 +37,8 @@ class LabelSet:
     ratings: str = setting("the ratings table")
     rater: str = setting("whose stages are the labels", "registry")
     split_seed: int = setting("the seed of the patient split (train / val / test)", 0)
+    folds: int = setting("cross-fitting: the patients' folds (0: none)", 0, cli=False)
+    held_out: int = setting("cross-fitting: the fold this run never sees", -1, cli=False)
     options: storage.StorageOptions = setting("S3 settings", factory=storage.StorageOptions)
 
 
@@ -48,6 +51,8 @@ def labelled_split(labels: LabelSet, split: str, columns: tuple[str, ...] = ("jo
         fn_kwargs={
             "split": split,
             "seed": labels.split_seed,
+            "folds": labels.folds,
+            "held_out": labels.held_out,
             "stages": ray.put(rater_stages(labels.ratings, labels.rater, labels.options)),
             "columns": columns,
         },
@@ -69,9 +74,20 @@ def split_labels(labels: LabelSet, split: str) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int8)
 
 
-def _label_split(batch: pa.Table, split: str, seed: int, stages: ray.ObjectRef, columns: tuple[str, ...]) -> pa.Table:
-    splits = {p: split_of(p, seed) for p in set(batch["patient_id"].to_pylist())}
-    batch = batch.filter(pa.array([splits[p] == split for p in batch["patient_id"].to_pylist()], pa.bool_()))
+def rated_patients(labels: LabelSet) -> list[str]:
+    """Every patient with a joint the rater scored, sorted (keys only: the registry's images are not read)."""
+    rated = rater_stages(labels.ratings, labels.rater, labels.options)["joint_id"]
+    patients: set[str] = set()
+    for _, _, batch in storage.iter_batches(labels.registry, ["joint_id", "patient_id"], 65_536, labels.options):
+        patients.update(pc.filter(batch["patient_id"], pc.is_in(batch["joint_id"], rated)).to_pylist())
+    return sorted(p for p in patients if p is not None)
+
+
+def _label_split(
+    batch: pa.Table, split: str, seed: int, folds: int, held_out: int, stages: ray.ObjectRef, columns: tuple[str, ...]
+) -> pa.Table:
+    inside = {p: member(p, split, seed, folds, held_out) for p in set(batch["patient_id"].to_pylist())}
+    batch = batch.filter(pa.array([inside[p] for p in batch["patient_id"].to_pylist()], pa.bool_()))
     index, labels, pct = _stage_index(stages)
     position = index.get_indexer(batch["joint_id"].to_numpy(zero_copy_only=False))
     rated = position >= 0

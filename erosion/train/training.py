@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import ray.train
 import ray.train.torch
 import torch
@@ -39,6 +40,7 @@ from torch import nn
 from erosion.core import agreement, domain
 from erosion.core.faults import Faults
 from erosion.core.settings import setting
+from erosion.core.split import fold_of, member
 from erosion.io import heap, storage
 from erosion.model import cdf, checkpoint
 from erosion.model.augment import AugmentConfig
@@ -83,6 +85,9 @@ class TrainConfig:
     frozen_epochs: int = setting("vgg16: the first epochs train the classifier only, on frozen features", 25)
     frozen_lr: float = setting("vgg16: Adam's learning rate while the features are frozen", 1e-4)
     finetune_lr: float = setting("vgg16: Adam's learning rate once every layer trains", 1e-5)
+    folds: int = setting(
+        "cross-fitting: train this many fold models, each never shown one fold of patients (0: one model)", 0
+    )
     max_failures: int = setting("worker failures the run survives", 2)
     faults: Faults = setting("faults injected by tests; never recorded", factory=Faults, cli=False)
 
@@ -93,7 +98,8 @@ class TrainResult:
 
     run: str  # <out>/<name>
     model: str  # <out>/<name>/model, the best checkpoint
-    card: checkpoint.ModelCard  # of the best checkpoint, with the whole history
+    card: checkpoint.ModelCard  # of the best checkpoint, with the whole history (a fold set: the set's card)
+    folds: tuple[TrainResult, ...] = ()  # a cross-fitted run's fold models, in fold order
 
     @property
     def best(self) -> dict:
@@ -101,8 +107,11 @@ class TrainResult:
 
 
 def train(config: TrainConfig) -> TrainResult:
-    """Run (or resume) a training run on the connected Ray cluster and publish its best model."""
+    """Run (or resume) a training run on the connected Ray cluster and publish its best model (with ``folds``: the
+    fold models, then the fold set)."""
     _check(config)
+    if config.folds:
+        return _train_folds(config)
     ray.data.DataContext.get_current().enable_progress_bars = False  # one progress line per epoch instead
     train_labels = labelled.split_labels(config.data, "train")
     if train_labels.size == 0 or labelled.split_labels(config.data, "val").size == 0:
@@ -127,6 +136,8 @@ def train(config: TrainConfig) -> TrainResult:
 def _check(config: TrainConfig) -> None:
     if config.epochs < 1 or config.workers < 1 or config.batch_size < config.workers:
         raise ValueError("epochs and workers must be at least 1, and the batch size at least one crop a worker.")
+    if config.folds == 1 or config.folds < 0:
+        raise ValueError(f"folds must be 0 (one model) or at least 2, got {config.folds}.")
     if config.schedule not in recipe.SCHEDULES:
         raise ValueError(f"unknown learning-rate schedule {config.schedule!r}; expected one of {recipe.SCHEDULES}.")
     if config.faults.fail_at_epoch is not None and not 1 <= config.faults.fail_at_epoch < config.epochs:
@@ -214,11 +225,45 @@ def _publish(
         weights,
         config.data.split_seed,
         config.data.options,
+        config.data.folds,
+        config.data.held_out,
     )
     checkpoint.write(f"{run}/model", model, card, options=config.data.options)
+    data = config.data
+    seen = [p for p in labelled.rated_patients(data) if _seen(p, data)]
+    checkpoint.write_patients(f"{run}/model", pa.table({"patient_id": pa.array(seen, pa.string())}), data.options)
     curve = figures.learning_curve(history, card.epoch)
     storage.write_bytes(f"{run}/learning_curve.png", curve, config.data.options)
     return TrainResult(run=run, model=f"{run}/model", card=card)
+
+
+def _seen(patient: str, data: labelled.LabelSet) -> bool:
+    """Whether a run on ``data`` trained or validated on the patient's joints."""
+    return any(member(patient, split, data.split_seed, data.folds, data.held_out) for split in ("train", "val"))
+
+
+def _train_folds(config: TrainConfig) -> TrainResult:
+    """K Ray Train runs, one after the other (each resumable as any run), fold k's never shown the patients of
+    fold k; then ``<run>/model``, the fold set, with every rated patient's fold."""
+    run = f"{config.out.rstrip('/')}/{config.name}"
+    members = tuple(
+        train(
+            dataclasses.replace(
+                config,
+                folds=0,
+                out=run,
+                name=f"fold-{k}",
+                data=dataclasses.replace(config.data, folds=config.folds, held_out=k),
+            )
+        )
+        for k in range(config.folds)
+    )
+    card = checkpoint.write_set(run, [f"fold-{k}/model" for k in range(config.folds)], config.data.options)
+    patients = labelled.rated_patients(config.data)
+    folds = [fold_of(p, config.data.split_seed, config.folds) for p in patients]
+    table = pa.table({"patient_id": pa.array(patients, pa.string()), "fold": pa.array(folds, pa.int16())})
+    checkpoint.write_patients(f"{run}/model", table, config.data.options)
+    return TrainResult(run=run, model=f"{run}/model", card=card, folds=members)
 
 
 def _train_worker(loop_config: dict) -> None:

@@ -71,7 +71,13 @@ def summary(s: Summary) -> str:
 
 
 def trained(result: TrainResult) -> str:
-    """Each epoch's line, then the trained model, its best epoch and its validation accuracies."""
+    """Each epoch's line, then the trained model, its best epoch and its validation accuracies; for a cross-fitted
+    run each fold model's, then the fold set."""
+    if result.folds:
+        parts = [f"fold {k}:\n" + trained(member) for k, member in enumerate(result.folds)]
+        return (
+            "\n".join(parts) + f"\nfold set of {len(result.folds)} models {result.card.model_version} in {result.model}"
+        )
     card, best = result.card, result.best
     if card.model.arch != "cnn":
         model = f"{card.model.arch} ({card.model.input_size} px, {'pretrained' if card.pretrained else 'random start'})"
