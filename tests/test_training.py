@@ -63,11 +63,15 @@ def test_training_learns_and_publishes_a_model_that_loads_without_ray(ray_local,
     result = training.train(_config(train_registry, str(tmp_path), "learn", epochs=epochs))
     history = result.card.history
     assert [h["epoch"] for h in history] == list(range(epochs))
-    # the best epoch: the highest validation balanced accuracy among the epochs from best_after on (the last
-    # always counts), as recipe.eligible says
-    eligible = [e for e in range(epochs) if e >= min(result.card.train["best_after"], epochs - 1)]
-    assert result.card.epoch == max(eligible, key=lambda e: (history[e]["val_balanced_accuracy"], -e))
+    # the best epoch: the highest validation balanced accuracy, averaged over select_window epochs, among the
+    # epochs from best_after on (the last always counts), as recipe.eligible says
+    train = result.card.train
+    eligible = [e for e in range(epochs) if e >= min(train["best_after"], epochs - 1)]
+    scores = [h["val_balanced_accuracy"] for h in history]
+    means = [np.mean(scores[max(0, e - train["select_window"] + 1) : e + 1]) for e in range(epochs)]
+    assert result.card.epoch == max(eligible, key=lambda e: (means[e], -e))
     assert all(h["selection"] == -1.0 for h in history if h["epoch"] not in eligible)
+    assert [h["selection"] for h in history if h["epoch"] in eligible] == pytest.approx([means[e] for e in eligible])
     assert all(0 <= h["train_balanced_accuracy"] <= 1 for h in history)
     assert result.card.train["batch_size"] == 32  # all workers together: 16 a worker
     png = storage.filesystem(result.run)[0].cat(f"{result.run}/learning_curve.png")
@@ -131,7 +135,8 @@ def test_early_stopping_ends_the_run_at_the_first_epoch_the_rule_says(ray_local,
     epochs = 6
     result = training.train(_config(train_registry, str(tmp_path), "early", epochs=epochs, patience=1, best_after=0))
     scores = [h["val_balanced_accuracy"] for h in result.card.history]
-    stops = [recipe.should_stop(scores[: n + 1], epochs, 0, 1) for n in range(len(scores))]
+    window = result.card.train["select_window"]
+    stops = [recipe.should_stop(scores[: n + 1], epochs, 0, 1, window) for n in range(len(scores))]
     assert not any(stops[:-1])  # it went on while the rule said so
     assert stops[-1] or len(scores) == epochs  # and ended where it first said stop (or ran out of epochs)
     rates = [h["learning_rate"] for h in result.card.history]

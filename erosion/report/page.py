@@ -238,7 +238,7 @@ def _calibration_section(calibration: dict | None, plots: dict[str, bytes]) -> s
         index=["top-label ECE (15 equal-width bins)", "negative log-likelihood", "Brier score"],
     )
     caption = (
-        f"Table 6. Calibration of the stage probabilities on {calibration['rows']:,} joints of the"
+        f"Calibration of the stage probabilities on {calibration['rows']:,} joints of the"
         f" {calibration['fitted_on']}, against the rater the model was trained on: prior correction for the class"
         f" weights, then temperature {calibration['temperature']:.3f}. The scores' probs are the calibrated ones;"
         " the predicted stage stays the model's own argmax."

@@ -1,5 +1,5 @@
 """The training recipe's rules, as pure functions of the epoch and the history: the learning-rate schedule, which
-epochs may become the best checkpoint, and when to stop early.
+epochs may become the best checkpoint and by what, and when to stop early.
 
 No Ray and no torch here: Ray Train's workers call these once an epoch, the tests call them directly.
 """
@@ -36,17 +36,26 @@ def eligible(epoch: int, epochs: int, best_after: int) -> bool:
     return epoch >= min(best_after, epochs - 1)
 
 
-def selection(score: float, epoch: int, epochs: int, best_after: int) -> float:
-    """The value the best checkpoint is picked by: ``score`` where the epoch is eligible, else -1 (below any)."""
-    return score if eligible(epoch, epochs, best_after) else -1.0
+def smoothed(scores: list[float], window: int) -> list[float]:
+    """Each epoch's score as the mean over the ``window`` epochs ending with it (fewer at the start): on a
+    validation split with a handful of joints in the rare stages, balanced accuracy jumps from epoch to epoch,
+    and one lucky epoch should not pick the model. ``window`` 1: the scores themselves (the paper's rule)."""
+    return [sum(scores[max(0, e - window + 1) : e + 1]) / (e + 1 - max(0, e - window + 1)) for e in range(len(scores))]
 
 
-def should_stop(scores: list[float], epochs: int, best_after: int, patience: int) -> bool:
-    """Early stopping: True when the last ``patience`` eligible epochs have not beaten the best eligible score
-    before them (``scores``: each epoch's validation score so far, in order). ``patience`` 0: never."""
+def selection(scores: list[float], epochs: int, best_after: int, window: int) -> float:
+    """The value the last of ``scores`` (each epoch's validation score so far) is ranked by for the best
+    checkpoint: its smoothed score where its epoch is eligible, else -1 (below any)."""
+    epoch = len(scores) - 1
+    return smoothed(scores, window)[-1] if eligible(epoch, epochs, best_after) else -1.0
+
+
+def should_stop(scores: list[float], epochs: int, best_after: int, patience: int, window: int = 1) -> bool:
+    """Early stopping: True when the last ``patience`` eligible epochs have not beaten the best eligible smoothed
+    score before them (``scores``: each epoch's validation score so far, in order). ``patience`` 0: never."""
     if patience <= 0:
         return False
-    ranked = [(s, e) for e, s in enumerate(scores) if eligible(e, epochs, best_after)]
+    ranked = [(s, e) for e, s in enumerate(smoothed(scores, window)) if eligible(e, epochs, best_after)]
     if not ranked:
         return False
     best_epoch = max(ranked, key=lambda pair: (pair[0], -pair[1]))[1]  # the first epoch of the best score

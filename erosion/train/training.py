@@ -48,7 +48,7 @@ from erosion.model.network import ModelConfig, build_model, file_sha256, load_pr
 from erosion.report import figures
 from erosion.train import evaluate, labelled, recipe, step
 
-SCORE = "selection"  # picks the best checkpoint: the validation balanced accuracy of an eligible epoch
+SCORE = "selection"  # picks the best checkpoint: the smoothed validation balanced accuracy of an eligible epoch
 log = logging.getLogger(__name__)
 
 
@@ -73,6 +73,11 @@ class TrainConfig:
     warmup_epochs: int = setting("cosine: epochs of linear warm-up", 3)
     lr_floor: float = setting("cosine: the last epoch's learning rate as a share of --lr", 0.02)
     best_after: int = setting("epochs before this one (0-based) never become the best checkpoint", 5)
+    select_window: int = setting(
+        "the best checkpoint by validation balanced accuracy averaged over this many epochs ending with it"
+        " (1: the paper's rule, one epoch)",
+        5,
+    )
     patience: int = setting("stop after this many epochs without a better validation balanced accuracy; 0: never", 20)
     weighted_loss: bool = setting("balanced class weights of the training split; False: plain (unweighted) loss", True)
     seed: int = setting("seed of the weights, the shuffling and the augmentation", 0)
@@ -320,7 +325,8 @@ def _train_worker(loop_config: dict) -> None:
         metrics["train_crops_per_s"] = rows / seconds  # all workers together
         if rank == 0:
             metrics |= _evaluate(net, class_weights, config, on_gpu)
-            metrics[SCORE] = recipe.selection(metrics["val_balanced_accuracy"], epoch, config.epochs, config.best_after)
+            scores = [row["val_balanced_accuracy"] for row in history] + [metrics["val_balanced_accuracy"]]
+            metrics[SCORE] = recipe.selection(scores, config.epochs, config.best_after, config.select_window)
             metrics["seconds"] = time.perf_counter() - began
             _report_with_checkpoint(net, optimizer, config, history + [metrics], pretrained)
             print(progress(metrics, config.epochs), flush=True)  # in Ray's log files
@@ -334,7 +340,9 @@ def _train_worker(loop_config: dict) -> None:
 def _stops(history: list[dict], config: TrainConfig, rank: int, device: torch.device) -> bool:
     """Rank 0's early-stopping decision (only it evaluates), broadcast so that every worker stops together."""
     scores = [row["val_balanced_accuracy"] for row in history] if rank == 0 else []
-    stop = rank == 0 and recipe.should_stop(scores, config.epochs, config.best_after, config.patience)
+    stop = rank == 0 and recipe.should_stop(
+        scores, config.epochs, config.best_after, config.patience, config.select_window
+    )
     decision = torch.tensor([int(stop)], device=device)
     if torch.distributed.is_initialized():
         torch.distributed.broadcast(decision, src=0)

@@ -25,7 +25,7 @@ class DemoConfig:
     patients: int = setting("patients of the synthetic registry", 40)
     seed: int = setting("seed of the registry and of the patient split", 0)
     out: str = setting("where everything goes (default: a new temporary folder)", "")
-    epochs: int = setting("training epochs of the reduced model", 3)
+    epochs: int = setting("at most this many training epochs of the reduced model (the recipe may stop sooner)", 30)
 
 
 def demo(config: DemoConfig, say: Callable[[str], None] = print, verbose: bool = False) -> bool:
@@ -42,7 +42,8 @@ def demo(config: DemoConfig, say: Callable[[str], None] = print, verbose: bool =
     say("2/5 summary on a local Ray (Ray Data)")
     runtime.init_ray(num_cpus=2, verbose=verbose)
     say(printing.summary(summary.summarize(f"{out}/registry", f"{out}/ratings", seed=config.seed)))
-    say(f"3/5 training on Ray Train, 2 CPU workers, {config.epochs} epochs: a reduced model (quarter width, 64x64)")
+    model = "a reduced model (64x64, quarter width)"
+    say(f"3/5 training on Ray Train, 2 CPU workers, up to {config.epochs} epochs: {model}")
     trained = training.train(
         training.TrainConfig(
             data=labelled.LabelSet(f"{out}/registry", f"{out}/ratings", split_seed=config.seed),
