@@ -131,7 +131,8 @@ def copy(scores: str, files: set[str], run_id: str, out: str, options: storage.S
 
 def _columns(scores: str, options: storage.StorageOptions | None) -> set[str]:
     """The columns every file of a scores table has."""
-    return set.intersection(*(set(meta.schema.names) for meta in storage.footers(scores, options).values()))
+    footers = storage.footers(scores, options).values()  # Arrow names: Parquet's are leaf paths (probs.list.element)
+    return set.intersection(*(set(meta.schema.to_arrow_schema().names) for meta in footers))
 
 
 def _count(counter: collections.Counter, values: pa.Array) -> None:
