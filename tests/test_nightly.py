@@ -11,6 +11,7 @@ import pytest
 from conftest import SMALL_MODEL, attempts
 
 from erosion.cli.main import main
+from erosion.core import schema
 from erosion.io import runs, storage
 from erosion.score import carry, scoring
 from erosion.workflows import nightly
@@ -59,6 +60,26 @@ def test_carry_takes_the_percent_where_the_scores_have_one_and_nan_where_they_pr
         nan = np.full(2, np.nan)  # no spread, in-sample unknown: columns these scores predate
         expected = np.column_stack([probs[:2], pct, nan, [0, 1], nan])
         np.testing.assert_array_equal(lookup.predictions[found[:2]], expected)
+
+
+def test_copying_scores_of_an_earlier_version_keeps_every_column_they_have_and_nulls_the_new_ones(tmp_path):
+    old_schema = pa.schema([f for f in schema.SCORES if f.name not in ("in_sample", "stage_spread")])
+    rows = {f.name: pa.nulls(2, f.type) for f in old_schema}
+    rows |= {
+        "joint_id": pa.array(["a/mcp1", "b/mcp1"]),
+        "run_id": pa.array(["old", "old"]),
+        "model_version": pa.array(["v", "v"]),
+        "probs": pa.FixedSizeListArray.from_arrays(pa.array(np.eye(6, dtype=np.float32)[:2].ravel()), 6),
+        "ratingen_pred": pa.array([0, 1], pa.int8()),
+        "carried": pa.array([False, False]),
+        "source_file": pa.array(["reg/part-0.parquet"] * 2),
+    }
+    os.makedirs(tmp_path / "old")
+    pq.write_table(pa.table(rows, schema=old_schema), tmp_path / "old" / "part-0.parquet")
+    assert carry.copy(str(tmp_path / "old"), {"reg/part-0.parquet"}, "new", str(tmp_path / "new")) == 2
+    copied = storage.read_table(str(tmp_path / "new")).to_pylist()
+    assert [r["probs"] for r in copied] == np.eye(6)[:2].tolist() and [r["ratingen_pred"] for r in copied] == [0, 1]
+    assert all(r["run_id"] == "new" and r["carried"] and r["in_sample"] is None for r in copied)
 
 
 def _scores(run: str) -> dict[str, tuple]:

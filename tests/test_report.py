@@ -96,7 +96,7 @@ def test_the_statistics_equal_scikit_learn_and_pingouin_on_an_independent_join(s
                 assert row["n"] == len(a) > 0
                 assert row["accuracy"] == pytest.approx(metrics.accuracy_score(a, b), abs=1e-9)
                 assert row["balanced_accuracy"] == pytest.approx(metrics.balanced_accuracy_score(a, b), abs=1e-9)
-                kappa = metrics.cohen_kappa_score(a, b, weights="quadratic")
+                kappa = metrics.cohen_kappa_score(a, b, labels=range(6), weights="quadratic")  # stage distances
                 assert row["kappa"] == pytest.approx(kappa, abs=1e-9)
                 pair = (confusion["reference"] == reference) & (confusion["rater"] == rater)
                 cells = confusion[(confusion["subset"] == subset) & pair]

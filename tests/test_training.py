@@ -36,7 +36,9 @@ def train_registry(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def _config(registry: str, out: str, name: str, **changes) -> training.TrainConfig:
     labels = labelled.LabelSet(f"{registry}/registry", f"{registry}/ratings")
-    return training.TrainConfig(data=labels, out=out, name=name, batch_size=32, model=SMALL_MODEL, **changes)
+    # 32 crops a worker, a short warm-up: a few epochs of this tiny registry must learn
+    changes = {"batch_size": 64, "warmup_epochs": 1} | changes
+    return training.TrainConfig(data=labels, out=out, name=name, model=SMALL_MODEL, **changes)
 
 
 def _split(registry: str, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +75,7 @@ def test_training_learns_and_publishes_a_model_that_loads_without_ray(ray_local,
     assert all(h["selection"] == -1.0 for h in history if h["epoch"] not in eligible)
     assert [h["selection"] for h in history if h["epoch"] in eligible] == pytest.approx([means[e] for e in eligible])
     assert all(0 <= h["train_balanced_accuracy"] <= 1 for h in history)
-    assert result.card.train["batch_size"] == 32  # all workers together: 16 a worker
+    assert result.card.train["batch_size"] == 64  # all workers together: 32 a worker
     png = storage.filesystem(result.run)[0].cat(f"{result.run}/learning_curve.png")
     assert png.startswith(b"\x89PNG")
     calibrated = result.card.calibration
@@ -140,13 +142,25 @@ def test_early_stopping_ends_the_run_at_the_first_epoch_the_rule_says(ray_local,
     assert not any(stops[:-1])  # it went on while the rule said so
     assert stops[-1] or len(scores) == epochs  # and ended where it first said stop (or ran out of epochs)
     rates = [h["learning_rate"] for h in result.card.history]
-    assert rates == pytest.approx([recipe.learning_rate(1e-3, e, epochs, "cosine", 3, 0.02) for e in range(len(rates))])
+    assert rates == pytest.approx([recipe.learning_rate(1e-3, e, epochs, "cosine", 1, 0.02) for e in range(len(rates))])
 
 
 def test_a_stopped_run_resumes_where_it_stopped(ray_local, train_registry, tmp_path):
     out, name = str(tmp_path), "stopped"
     command = ["erosion", "train", "--registry", f"{train_registry}/registry", "--ratings"]
-    command += [f"{train_registry}/ratings", "--out", out, "--name", name, "--epochs", "4", "--batch-size", "32"]
+    command += [
+        f"{train_registry}/ratings",
+        "--out",
+        out,
+        "--name",
+        name,
+        "--epochs",
+        "4",
+        "--batch-size",
+        "64",
+        "--warmup-epochs",
+        "1",
+    ]
     command += ["--input-size", "64", "--width", "0.25", "--address", ray.get_runtime_context().gcs_address]
     command += ["--verbose"]  # the workers' epoch lines, live
     driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

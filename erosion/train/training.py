@@ -48,6 +48,10 @@ from erosion.model.network import ModelConfig, build_model, file_sha256, load_pr
 from erosion.report import figures
 from erosion.train import evaluate, labelled, recipe, step
 
+FAULT_AFTER_S = 5.0
+"""How long into its epoch the test's failing worker dies: more than Ray Train's controller takes (2 s, twice over)
+to collect the previous epoch's report, whose checkpoint a worker dying at once can take with it."""
+
 SCORE = "selection"  # picks the best checkpoint: the smoothed validation balanced accuracy of an eligible epoch
 log = logging.getLogger(__name__)
 
@@ -388,8 +392,9 @@ def _train_epoch(
         local_shuffle_seed=int(generator.initial_seed() % 2**31),
     )
     for batch in batches:
-        if fail:
-            os._exit(1)  # a worker dying mid-run, for the fault-tolerance test
+        if fail:  # a worker dying mid-epoch, for the fault-tolerance test: after the controller has polled the
+            time.sleep(FAULT_AFTER_S)  # last epoch's report (every 2 s), as a real failure mid-epoch would
+            os._exit(1)
         labels = batch["label"]
         loss, predicted = step.train_step(
             model, optimizer, batch["pixels"], labels, class_weights, generator, config.augment, batch["pct"]
