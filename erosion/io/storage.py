@@ -124,6 +124,12 @@ def footers(
     return metadata
 
 
+def common_columns(url: str, options: StorageOptions | None = None) -> set[str]:
+    """The columns every Parquet file of a table has, by their Arrow names (a Parquet schema names a list
+    column's leaf, such as ``probs.list.element``)."""
+    return set.intersection(*(set(meta.schema.to_arrow_schema().names) for meta in footers(url, options).values()))
+
+
 def row_counts(url: str, options: StorageOptions | None = None) -> dict[str, int]:
     """The number of rows of each Parquet file of a table, from the files' footers."""
     return {file: meta.num_rows for file, meta in footers(url, options).items()}

@@ -99,8 +99,12 @@ def write(
         buffer = io.BytesIO()
         torch.save(content, buffer)
         fs.pipe_file(f"{path}/{name}", buffer.getvalue())
-    fs.pipe_file(f"{path}/{CARD}", json.dumps(card.to_json(), indent=2).encode())
+    _write_card(fs, path, card)
     return card
+
+
+def _write_card(fs, path: str, card: ModelCard) -> None:
+    fs.pipe_file(f"{path}/{CARD}", json.dumps(card.to_json(), indent=2).encode())
 
 
 def read_card(directory: str, options: storage.StorageOptions | None = None) -> ModelCard:
@@ -151,7 +155,7 @@ def write_set(run: str, members: list[str], options: storage.StorageOptions | No
     )
     fs, path = storage.filesystem(f"{root}/model", options)
     fs.makedirs(path, exist_ok=True)
-    fs.pipe_file(f"{path}/{CARD}", json.dumps(card.to_json(), indent=2).encode())
+    _write_card(fs, path, card)
     return card
 
 

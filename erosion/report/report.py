@@ -76,9 +76,7 @@ def build(config: ReportConfig, folder: str, run: runs.RunManifest | None = None
     run = run or runs.manifest(config.scores, config.options)
     model = tables.model_rater(run.model_version)
     columns = ["joint_id", "patient_id", "joint", "ratingen_pred", "error"]
-    known = set.intersection(
-        *(set(m.schema.to_arrow_schema().names) for m in storage.footers(run.path("scores"), config.options).values())
-    )
+    known = storage.common_columns(run.path("scores"), config.options)
     columns += ["in_sample"] if "in_sample" in known else []  # runs scored before in_sample existed lack it
     scores = storage.read_table(run.path("scores"), columns, config.options).to_pandas()
     ratings = storage.read_table(config.ratings, ["joint_id", "rater", "ratingen"], config.options).to_pandas()

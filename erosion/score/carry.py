@@ -80,7 +80,9 @@ class Carry:
 
 def load(scores: str, options: storage.StorageOptions | None = None) -> Carry:
     """The lookup of a committed run's successfully scored rows (its ``scores/`` table)."""
-    present = _columns(scores, options)  # older scores lack the CDF head's %, the spread and in_sample: NaN
+    present = storage.common_columns(
+        scores, options
+    )  # older scores lack the CDF head's %, the spread and in_sample: NaN
     optional = {"erosion_pct_pred": PREDICTION_PCT, "stage_spread": SCORE_SPREAD, "in_sample": SCORE_IN_SAMPLE}
     columns = ["fingerprint", "probs", "ratingen_pred", "error"] + [c for c in optional if c in present]
     prints, predictions = [], []
@@ -102,7 +104,7 @@ def load(scores: str, options: storage.StorageOptions | None = None) -> Carry:
 def complete_files(scores: str, options: storage.StorageOptions | None = None) -> dict[str, int]:
     """Registry file -> rows, for the files all of whose rows a committed run scored without an error (two small
     columns of its scores read; {} for scores older than ``source_file``)."""
-    if "source_file" not in _columns(scores, options):
+    if "source_file" not in storage.common_columns(scores, options):
         return {}
     rows, failed = collections.Counter(), collections.Counter()
     for _, _, batch in storage.iter_batches(scores, ["source_file", "error"], 65_536, options):
@@ -115,7 +117,8 @@ def copy(scores: str, files: set[str], run_id: str, out: str, options: storage.S
     """Copy the rows of ``files`` from an earlier run's scores into ``out`` as this run's carried rows, without
     reading any image; returns the rows copied."""
     wanted = pa.array(sorted(files), pa.string())
-    present = [name for name in schema.SCORES.names if name in _columns(scores, options)]
+    stored = storage.common_columns(scores, options)  # read once: one footer read per file
+    present = [name for name in schema.SCORES.names if name in stored]
     with storage.TableWriter(out, schema.SCORES, 100_000, options, row_group_rows=65_536, prefix="carried") as writer:
         for _, _, batch in storage.iter_batches(scores, present, 65_536, options):
             rows = pa.Table.from_batches([batch]).filter(pc.is_in(batch["source_file"], wanted))
@@ -127,12 +130,6 @@ def copy(scores: str, files: set[str], run_id: str, out: str, options: storage.S
             rows = rows.set_column(rows.schema.get_field_index("run_id"), "run_id", pa.array([run_id] * n, pa.string()))
             writer.write(rows.set_column(rows.schema.get_field_index("carried"), "carried", pa.array([True] * n)))
     return writer.rows
-
-
-def _columns(scores: str, options: storage.StorageOptions | None) -> set[str]:
-    """The columns every file of a scores table has."""
-    footers = storage.footers(scores, options).values()  # Arrow names: Parquet's are leaf paths (probs.list.element)
-    return set.intersection(*(set(meta.schema.to_arrow_schema().names) for meta in footers))
 
 
 def _count(counter: collections.Counter, values: pa.Array) -> None:
