@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from erosion.cli import flags
 from erosion.io import leases, runs, storage
 from erosion.registry import ingest, synth, validate
-from erosion.report import report
+from erosion.report import queue, report
 from erosion.score import scoring
 from erosion.train import evaluate, experiments, training
 from erosion.workflows import benchmark, demo, nightly, printing
@@ -76,6 +76,8 @@ _COMMANDS: dict[str, tuple[str, type, Callable, bool]] = {
               lambda c, _: printing.scoring(scoring.score(c)), True),
     "report": ("agreement of the model with each human rater: Parquet, plots, HTML", report.ReportConfig,
                lambda c, _: printing.report(report.report(c), c.icc_form), False),
+    "review": ("a review queue of the ratings the model disagrees with most; resolves re-rated ones",
+               queue.ReviewConfig, lambda c, _: printing.reviewed(queue.queue(c)), False),
     "nightly": ("one dated run: score (carrying unchanged joints over), Rau, report", nightly.NightlyConfig,
                 lambda c, _: printing.nightly(nightly.nightly(c)), True),
     "runs": ("the committed runs under a folder, with their counts", storage.StorageOptions,

@@ -36,6 +36,16 @@ TRUTH = pa.schema(
 )
 """Synthetic registries only: the ground truth behind each crop."""
 
+CORRUPTED = pa.schema(
+    [
+        pa.field("joint_id", pa.string(), nullable=False),
+        pa.field("rater", pa.string(), nullable=False),
+        pa.field("ratingen_read", pa.int8(), nullable=False),  # the stage the rater read before it was replaced
+        pa.field("ratingen", pa.int8(), nullable=False),  # the stage in the ratings table, at least 2 away
+    ]
+)
+"""Synthetic registries only: the ratings replaced on purpose (``erosion synth --corrupt-share``), beside the truth."""
+
 KEYS = ["joint_id", "patient_id", "visit_date", "sop_iuid", "body_part", "joint"]
 """The registry's columns other than the image: what every derived table carries."""
 

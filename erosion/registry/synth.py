@@ -83,6 +83,9 @@ class SynthConfig:
     )
     rows_per_file: int = setting("joints per Parquet file: bounds memory and file size", 5_000)
     jpeg_share: float = setting("share of JPEG crops; the rest is split 60/40 between 8-bit and 16-bit PNG", 0.8)
+    corrupt_share: float = setting(
+        "share of the registry rater's ratings replaced by a stage at least 2 away, listed in corrupted/", 0.0
+    )
 
 
 def generate(config: SynthConfig, options: storage.StorageOptions | None = None) -> runs.RunManifest:
@@ -98,6 +101,7 @@ def generate(config: SynthConfig, options: storage.StorageOptions | None = None)
             ("ratings", schema.RATINGS),
             ("truth", schema.TRUTH),
         )
+        + ((("corrupted", schema.CORRUPTED),) if config.corrupt_share else ())
     }
     for index in range(config.patients):
         tables = patient_tables(config, index, cumulative)
@@ -143,11 +147,43 @@ def patient_tables(config: SynthConfig, index: int, cumulative: np.ndarray) -> d
             for rater in raters:
                 for joint, read in zip(HAND_JOINTS, _read(rng, rater, hand_pct).tolist(), strict=True):
                     ratings.append((f"{sop_iuid}/{joint}", rater.name, read, domain.ratingen_stage(read)))
-    return {
+    tables = {
         "registry": _table(registry, schema.REGISTRY),
         "truth": _table(truth, schema.TRUTH),
         "ratings": _table(ratings, schema.RATINGS),
     }
+    if config.corrupt_share:
+        rng = np.random.default_rng([config.seed, index, 1])  # its own stream: the rest stays byte for byte the same
+        tables["ratings"], tables["corrupted"] = corrupt(tables["ratings"], RATERS[0].name, config.corrupt_share, rng)
+    return tables
+
+
+def corrupt(ratings: pa.Table, rater: str, share: float, rng: np.random.Generator) -> tuple[pa.Table, pa.Table]:
+    """Replace about ``share`` of ``rater``'s ratings by a stage at least 2 away from the one read (uniform among
+    those), with a % inside that stage; returns the ratings and the replaced ones (schema ``CORRUPTED``)."""
+    stages = ratings["ratingen"].to_numpy().astype(np.int64)
+    chosen = (ratings["rater"].to_numpy(zero_copy_only=False) == rater) & (rng.random(len(stages)) < share)
+    new = stages.copy()
+    for i in np.flatnonzero(chosen):
+        far = [k for k in range(domain.NUM_STAGES) if abs(k - stages[i]) >= 2]
+        new[i] = far[int(rng.integers(len(far)))]
+    lower = np.asarray((0.0,) + domain.STAGE_UPPER_PCT[:-1])[new]
+    upper = np.asarray(domain.STAGE_UPPER_PCT)[new]
+    inside = np.where(new > 0, np.floor(lower + 1 + (upper - lower - 1) * rng.random(len(new))), 0.0)
+    pct = np.where(chosen, inside, ratings["erosion_pct"].to_numpy(zero_copy_only=False))
+    replaced = ratings.set_column(2, "erosion_pct", pa.array(pct, pa.float32())).set_column(
+        3, "ratingen", pa.array(new, pa.int8())
+    )
+    listed = pa.table(
+        {
+            "joint_id": ratings["joint_id"].filter(pa.array(chosen)),
+            "rater": ratings["rater"].filter(pa.array(chosen)),
+            "ratingen_read": pa.array(stages[chosen], pa.int8()),
+            "ratingen": pa.array(new[chosen], pa.int8()),
+        },
+        schema=schema.CORRUPTED,
+    )
+    return replaced.cast(schema.RATINGS), listed
 
 
 def _table(rows: list[tuple], table_schema: pa.Schema) -> pa.Table:
@@ -248,5 +284,7 @@ def _check(config: SynthConfig) -> None:
     for hand in config.hands:
         if hand not in ("hand_left", "hand_right"):
             raise ValueError(f"hands must be hand_left and/or hand_right, got {hand!r}.")
+    if not 0 <= config.corrupt_share < 1:
+        raise ValueError(f"corrupt_share must lie in [0, 1), got {config.corrupt_share}.")
     if not 0 <= config.rescored_fraction <= 1:
         raise ValueError(f"rescored_fraction must lie in [0, 1], got {config.rescored_fraction}.")

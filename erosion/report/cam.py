@@ -19,6 +19,8 @@ from matplotlib.figure import Figure
 from torch import nn
 from torch.nn import functional
 
+from erosion.io import storage
+from erosion.model import checkpoint
 from erosion.model.network import stage_logits
 from erosion.report import figures
 
@@ -109,21 +111,51 @@ def grad_cam(
     return heat
 
 
-def overlay_png(pixels: np.ndarray, heat: np.ndarray, title: str) -> bytes:
-    """A PNG of the crop in grey beside the same crop with the heat map over it, a colour bar and the title."""
+def overlay_png(
+    pixels: np.ndarray, heat: np.ndarray, title: str, probs: np.ndarray | None = None, rating: int | None = None
+) -> bytes:
+    """A PNG of the crop in grey beside the same crop with the heat map over it, a colour bar and the title; with
+    ``probs``, a third panel of the model's P(stage k), the rated stage (``rating``) outlined."""
     if pixels.ndim != 2 or heat.shape != pixels.shape:
         raise ValueError(f"pixels must be (S, S) and heat of the same shape, got {pixels.shape} and {heat.shape}.")
-    fig = Figure(figsize=(7.6, 3.9), layout="constrained")  # no pyplot: nothing global, no screen
-    axes = fig.subplots(1, 2)
-    for ax in axes:
+    panels = 2 if probs is None else 3
+    fig = Figure(figsize=(3.8 * panels, 3.9), layout="constrained")  # no pyplot: nothing global, no screen
+    axes = fig.subplots(1, panels)
+    for ax in axes[:2]:
         ax.imshow(pixels, cmap="gray", vmin=0, vmax=255)
         ax.axis("off")
     shown = axes[1].imshow(heat, cmap="jet", vmin=0, vmax=1, alpha=0.45)
     axes[0].set_title("crop", fontsize=9)
     axes[1].set_title("Grad-CAM over the crop", fontsize=9)
     fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.04, label="evidence for the stage (relative)")
+    if probs is not None:
+        stages = np.arange(len(probs))
+        bars = axes[2].bar(stages, probs, color="#4c72b0")
+        if rating is not None:
+            bars[rating].set_edgecolor("#c44e52")
+            bars[rating].set_linewidth(2.5)
+        axes[2].set(xticks=stages, ylim=(0, 1), xlabel="stage", ylabel="P(stage)")
+        axes[2].set_title("the model's probabilities (rated stage outlined)", fontsize=9)
     fig.suptitle(title, fontsize=10)
     return figures.to_png(fig)
+
+
+def heat_maps(
+    model: str, pixels: np.ndarray, stages: np.ndarray, patients: list[str], options: storage.StorageOptions
+) -> np.ndarray:
+    """Grad-CAM of each crop (``grad_cam``) by the model that scored it: a single model, or a fold set's fold model
+    of the crop's patient (the first fold model for a patient the set never saw)."""
+    members = checkpoint.load_members(model, options=options)
+    table = checkpoint.read_patients(model, options)
+    folds = {}
+    if len(members) > 1 and table is not None and "fold" in table.column_names:
+        folds = dict(zip(table["patient_id"].to_pylist(), table["fold"].to_pylist(), strict=True))
+    which = np.array([folds.get(p, 0) for p in patients], dtype=np.int64)
+    heat = np.zeros(pixels.shape, np.float32)
+    for k in np.unique(which):
+        rows = which == k
+        heat[rows] = grad_cam(members[k][0], pixels[rows], np.asarray(stages)[rows])
+    return heat
 
 
 def most_disagreed(stages: pd.DataFrame, model: str, humans: list[str], n: int) -> list[str]:

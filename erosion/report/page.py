@@ -70,18 +70,18 @@ def render(
         " human rater is always the reference of a pair with the model.</p>",
         _facts(context, joints, humans),
         _accounting(tables),
-        _table("Table 2. Agreement of each pair of raters on all joints (agreement.parquet)", _pair_summary(overall)),
-        _table(
+        table("Table 2. Agreement of each pair of raters on all joints (agreement.parquet)", _pair_summary(overall)),
+        table(
             f"Table 3. Intraclass correlation of {', '.join(raters)} on the joints all of them rated:"
             f" {agreement.ICC_FORMS[context.icc_form]} ({context.icc_form}; icc.parquet)",
             _icc_summary(tables.icc, context.icc_form),
         ),
-        _table(
+        table(
             "Table 4. Quadratic weighted kappa by joint type and joint (agreement.parquet)",
             _by_subset(pairs, "kappa", "{:.3f}"),
             escape=False,
         ),
-        _table(
+        table(
             "Table 5. Balanced accuracy by joint type and joint (agreement.parquet)",
             _by_subset(pairs, "balanced_accuracy", "{:.1%}"),
             escape=False,
@@ -92,14 +92,14 @@ def render(
     for row in overall.itertuples():
         name = figures.file_name(row.reference, row.rater)
         if name in plots:
-            parts.append(_figure(plots[name], f"{row.rater} against {row.reference}, all joints (n = {row.n:,})."))
+            parts.append(figure(plots[name], f"{row.rater} against {row.reference}, all joints (n = {row.n:,})."))
     parts += [
         _calibration_section(context.calibration, plots),
         _cam_section(explained, context.model, humans),
         _reading(),
         _notes(pairs),
     ]
-    return _document(context, parts)
+    return document(f"Erosion agreement report, run {context.run.run_id}", parts)
 
 
 def nothing_to_compare(tables: Tables, context: Context) -> str:
@@ -111,7 +111,7 @@ def nothing_to_compare(tables: Tables, context: Context) -> str:
         _facts(context, "none", []),
         _accounting(tables),
     ]
-    return _document(context, parts)
+    return document(f"Erosion agreement report, run {context.run.run_id}", parts)
 
 
 def _accounting(tables: Tables) -> str:
@@ -122,11 +122,12 @@ def _accounting(tables: Tables) -> str:
             "Rows": tables.accounting["rows"].map("{:,}".format),
         }
     )
-    return _table("Table 1. Where every input row went (accounting.parquet)", frame)
+    return table("Table 1. Where every input row went (accounting.parquet)", frame)
 
 
-def _document(context: Context, parts: list[str]) -> str:
-    title = f"Erosion agreement report, run {html.escape(context.run.run_id)}"
+def document(title: str, parts: list[str]) -> str:
+    """A whole page: the title, the shared style and the parts (HTML) in order."""
+    title = html.escape(title)
     body = "\n".join(p for p in parts if p)
     return f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>' + (
         f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n"
@@ -194,11 +195,11 @@ def _by_subset(pairs: pd.DataFrame, statistic: str, form: str) -> pd.DataFrame:
         pair=(pairs["rater"] + " vs " + pairs["reference"]).map(html.escape),
         cell=_column(pairs, statistic, form) + pairs["n"].map("<br><span class='small'>n = {:,}</span>".format),
     )
-    table = cells.pivot(index="subset", columns="pair", values="cell")
-    table = table.loc[list(dict.fromkeys(pairs["subset"]))]  # the subsets' own order: all, types, joints
-    table = table[list(dict.fromkeys(cells["pair"]))].reset_index()
-    table.columns = ["Joints", *table.columns[1:]]
-    return table.assign(Joints=table["Joints"].map(html.escape))
+    wide = cells.pivot(index="subset", columns="pair", values="cell")
+    wide = wide.loc[list(dict.fromkeys(pairs["subset"]))]  # the subsets' own order: all, types, joints
+    wide = wide[list(dict.fromkeys(cells["pair"]))].reset_index()
+    wide.columns = ["Joints", *wide.columns[1:]]
+    return wide.assign(Joints=wide["Joints"].map(html.escape))
 
 
 def _column(frame: pd.DataFrame, name: str, form: str, low: str = "", high: str = "") -> pd.Series:
@@ -207,12 +208,14 @@ def _column(frame: pd.DataFrame, name: str, form: str, low: str = "", high: str 
     return pd.Series([interval(v, lo, hi, form) for v, lo, hi in values], index=frame.index)
 
 
-def _table(caption: str, frame: pd.DataFrame, escape: bool = True) -> str:
-    table = frame.to_html(index=False, escape=escape, border=0)
-    return table.replace('<table class="dataframe">', f"<table><caption>{html.escape(caption)}</caption>", 1)
+def table(caption: str, frame: pd.DataFrame, escape: bool = True) -> str:
+    """A captioned HTML table of the frame (cells escaped unless they hold HTML already)."""
+    content = frame.to_html(index=False, escape=escape, border=0)
+    return content.replace('<table class="dataframe">', f"<table><caption>{html.escape(caption)}</caption>", 1)
 
 
-def _figure(png: bytes, caption: str) -> str:
+def figure(png: bytes, caption: str) -> str:
+    """A PNG inline (the page stands alone) with its caption."""
     data = base64.b64encode(png).decode()
     alt = html.escape(caption)
     return f'<figure><img src="data:image/png;base64,{data}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'
@@ -226,7 +229,7 @@ def _venn_section(venn: pd.DataFrame, plots: dict[str, bytes]) -> str:
         f"Joints rated by {v['rater_a']}, {v['rater_b']} and {v['rater_c']} (n = {v['n']:,}): in the middle those"
         f" all three gave the same stage, in each overlap those only that pair agreed on (venn.parquet)."
     )
-    return "<h2>Venn diagram of agreement (venn.parquet)</h2>" + _figure(plots["venn.png"], caption)
+    return "<h2>Venn diagram of agreement (venn.parquet)</h2>" + figure(plots["venn.png"], caption)
 
 
 def _calibration_section(calibration: dict | None, plots: dict[str, bytes]) -> str:
@@ -243,12 +246,12 @@ def _calibration_section(calibration: dict | None, plots: dict[str, bytes]) -> s
         f" weights, then temperature {calibration['temperature']:.3f}. The scores' probs are the calibrated ones;"
         " the predicted stage stays the model's own argmax."
     )
-    figure = (
-        _figure(plots["reliability.png"], "Reliability before and after calibration.")
+    diagram = (
+        figure(plots["reliability.png"], "Reliability before and after calibration.")
         if "reliability.png" in plots
         else ""
     )
-    return "<h2>Calibration</h2>" + _table(caption, frame) + figure
+    return "<h2>Calibration</h2>" + table(caption, frame) + diagram
 
 
 def _cam_section(explained: Sequence[Explanation], model: str, humans: list[str]) -> str:
@@ -267,7 +270,7 @@ def _cam_section(explained: Sequence[Explanation], model: str, humans: list[str]
         " block found evidence for the stage it gave, blue where it found none. The map is as coarse as that block"
         " (a few cells across the crop), smoothed to the crop's size: it shows the region the model relied on, not"
         " an edge. Each map is scaled to its own maximum.</p>",
-        _table(
+        table(
             "Table 6. The most disagreed-on joints: stage by rater and heat map (figures/cam_*.png)",
             frame,
             escape=False,
@@ -276,7 +279,7 @@ def _cam_section(explained: Sequence[Explanation], model: str, humans: list[str]
     for e in explained:
         if e.file:
             caption = f"{e.joint_id}: the model gave stage {_stage(e.stages[model])} (figures/{e.file})."
-            parts.append(_figure(e.png, caption))
+            parts.append(figure(e.png, caption))
     return "\n".join(parts)
 
 

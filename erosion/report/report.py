@@ -114,7 +114,8 @@ def build(config: ReportConfig, folder: str, run: runs.RunManifest | None = None
         plots["reliability.png"] = figures.reliability_diagram(calibration)
     for name, png in plots.items():
         storage.write_bytes(f"{folder}/figures/{name}", png, config.options)
-    explained = explain(config, run, stages, model, humans)
+    patient_of = dict(zip(scores["joint_id"], scores["patient_id"], strict=True))
+    explained = explain(config, run, stages, model, humans, patient_of)
     for e in explained:
         if e.file:
             storage.write_bytes(f"{folder}/figures/{e.file}", e.png, config.options)
@@ -123,13 +124,19 @@ def build(config: ReportConfig, folder: str, run: runs.RunManifest | None = None
 
 
 def explain(
-    config: ReportConfig, run: runs.RunManifest, stages: pd.DataFrame, model: str, humans: list[str]
+    config: ReportConfig,
+    run: runs.RunManifest,
+    stages: pd.DataFrame,
+    model: str,
+    humans: list[str],
+    patient_of: dict[str, str],
 ) -> list[cam.Explanation]:
     """Grad-CAM heat maps of the ``config.cam`` joints whose model stage is furthest from the humans' mean stage.
 
     The model is the run's (its manifest's ``model``, checked against its version), the crops come from the
     registry, read for those joints alone. A joint whose crop is gone or no longer decodes is listed with the
-    reason instead of a heat map. Each map explains the stage the run gave the joint.
+    reason instead of a heat map. Each map explains the stage the run gave the joint, by the model that gave it (a
+    fold set's: the fold model of the joint's patient, ``patient_of``).
     """
     chosen = cam.most_disagreed(stages, model, humans, config.cam)
     if not chosen:
@@ -137,13 +144,13 @@ def explain(
     registry = config.registry or run.registry
     if not registry:
         raise ValueError(f"run {config.scores} names no registry: give the registry the heat maps' crops come from.")
-    network, card = checkpoint.load(run.model, options=config.options)
+    card = checkpoint.read_card(run.model, config.options)
     if card.model_version != run.model_version:
         raise ValueError(
             f"the model at {run.model} is version {card.model_version}, but the run was scored with version"
             f" {run.model_version}: its heat maps would explain another model."
         )
-    images = _images(registry, chosen, config.options)
+    images = crops(registry, chosen, config.options)
     pixels, errors = {}, {}
     for joint_id in chosen:
         try:
@@ -153,7 +160,9 @@ def explain(
         except ValueError as error:
             errors[joint_id] = str(error)
     ok = list(pixels)
-    heat = cam.grad_cam(network, np.stack([pixels[j] for j in ok]), stages.loc[ok, model].to_numpy()) if ok else []
+    patients = [patient_of.get(j, "") for j in ok]
+    targets = stages.loc[ok, model].to_numpy()
+    heat = cam.heat_maps(run.model, np.stack([pixels[j] for j in ok]), targets, patients, config.options) if ok else []
     maps = dict(zip(ok, heat, strict=True))
     raters, explained = [model, *humans], []
     for joint_id in chosen:
@@ -168,7 +177,7 @@ def explain(
     return explained
 
 
-def _images(registry: str, joint_ids: list[str], options: storage.StorageOptions) -> dict[str, bytes | None]:
+def crops(registry: str, joint_ids: list[str], options: storage.StorageOptions) -> dict[str, bytes | None]:
     """The encoded crops of a few joints: joint ids first, then images only from the files that hold them."""
     wanted = pa.array(sorted(set(joint_ids)), pa.string())
     fs, _ = storage.filesystem(registry, options)

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from erosion.io.runs import RunManifest
     from erosion.registry.summary import Summary
     from erosion.registry.validate import Report
+    from erosion.report.queue import ReviewResult
     from erosion.report.report import ReportResult
     from erosion.score.scoring import ScoreResult
     from erosion.train.training import TrainResult
@@ -34,6 +35,11 @@ def synthesized(manifest: RunManifest, out: str) -> str:
         f"wrote {rows['registry']} joints, {rows['ratings']} ratings to {out} "
         f"in {manifest.seconds['total']} s ({rows['registry'] / max(manifest.seconds['total'], 1e-3):.1f} joints/s)\n"
         f"    stage mix: registry rater's target {shares['rated']} %, the truth's {shares['true']} %"
+        + (
+            f"\n    {rows['corrupted']} registry ratings corrupted, listed in {out}/corrupted"
+            if "corrupted" in rows
+            else ""
+        )
     )
 
 
@@ -137,6 +143,22 @@ def report(result: ReportResult, icc_form: str = "ICC2") -> str:
             f"({icc['low']:.3f}-{icc['high']:.3f}), {icc['label']}"
         )
     lines.append(f"    report: {result.html}")
+    return "\n".join(lines)
+
+
+def reviewed(result: ReviewResult) -> str:
+    """The queue's size and flags, what was resolved, the measurement against corrupted ratings, the page."""
+    flagged = int(result.queue["flagged"].sum()) if len(result.queue) else 0
+    lines = [f"queued {len(result.queue)} ratings ({flagged} flagged by confident learning)"]
+    if len(result.resolved):
+        counts = result.resolved["outcome"].value_counts()
+        lines.append(f"    resolved so far: {counts.get('kept', 0)} kept, {counts.get('changed', 0)} changed")
+    for row in (result.evaluation.itertuples() if result.evaluation is not None else ()):
+        lines.append(
+            f"    {row.queue}: precision {row.precision:.3f}, recall {row.recall:.3f}"
+            f" ({row.corrupted_in_queue} of {row.places} corrupted; {row.corrupted_candidates} among the candidates)"
+        )
+    lines.append(f"    queue: {result.html}")
     return "\n".join(lines)
 
 
