@@ -17,7 +17,7 @@ from erosion.model import calibration, checkpoint
 from erosion.model.network import probabilities
 from erosion.registry import synth
 from erosion.registry.preprocess import letterbox
-from erosion.report import report
+from erosion.report import cam, report
 from erosion.score import scoring
 from erosion.train import labelled, training
 
@@ -103,6 +103,19 @@ def test_a_fold_set_scores_each_joint_with_the_model_that_never_saw_its_patient(
             assert row["stage_spread"] == pytest.approx(np.std(expected), abs=1e-4)
             assert row["ratingen_pred"] == int(np.argmax(calibrated))
         np.testing.assert_allclose(row["probs"], calibrated, atol=1e-5)
+
+    # the report's heat maps come from the fold model that scored each joint
+    explained = report.build(
+        report.ReportConfig(scores=run, ratings=f"{out}/ratings", registry=str(folder), cam=3), str(tmp_path / "rep")
+    )
+    assert sum(1 for line in open(explained.html) if "figures/cam_" in line) >= 3
+    known = [j for j in sample if scores.loc[j, "patient_id"] in patients.index][:6]
+    crops = np.stack([letterbox(images[j], 64) for j in known])
+    owners = scores.loc[known, "patient_id"].tolist()
+    assert len({patients[p] for p in owners}) == 2  # joints of both folds
+    heat = cam.heat_maps(result.model, crops, np.zeros(len(known), np.int64), owners, storage.StorageOptions())
+    for crop, owner, h in zip(crops, owners, heat, strict=True):
+        np.testing.assert_allclose(h, cam.grad_cam(members[patients[owner]][0], crop[None], np.zeros(1, np.int64))[0])
 
 
 @pytest.mark.slow

@@ -60,6 +60,9 @@ def test_the_queue_takes_the_highest_scores_but_no_stratum_fills_it():
     # 4 places, at most 2 per joint type and per stage: 0 (PIP, 0), 1 (PIP, 0), then PIP is full: 4 (MCP, 0)
     # would make stage 0 three; 5 (MCP, 3) is taken, then 7 (MCP, 5)
     np.testing.assert_array_equal(review.stratified_order(scores, [joint, stage], 4, 0.5), [0, 1, 5, 7])
+    # a share of 0.25 (one place) is less than two joint types need to fill 4 places evenly: 2 each; stages
+    # (six labels) one each: 0 (PIP, 0), 2 (PIP, 1), 4 skipped (stage 0 full), 5 (MCP, 3), 6 skipped (PIP full), 7
+    np.testing.assert_array_equal(review.stratified_order(scores, [joint, stage], 4, 0.25), [0, 2, 5, 7])
     # no share limit: the plain top 4
     np.testing.assert_array_equal(review.stratified_order(scores, [joint, stage], 4, 1.0), [0, 1, 2, 3])
     # all in one stratum: the cap cannot be kept, so the places go to the skipped ones by score
@@ -122,8 +125,8 @@ def test_the_queue_ranks_out_of_sample_single_ratings_and_accounts_for_every_rat
     probs = np.stack(q["probs"].to_numpy())
     expected = (probs * np.abs(np.arange(6)[None] - q["rating"].to_numpy()[:, None])).sum(axis=1)
     np.testing.assert_allclose(q["score"], expected, rtol=1e-5)
-    cap = int(0.3 * 40)
-    assert q["joint"].map(joint_type).value_counts().max() <= cap or q["rating"].value_counts().max() <= cap
+    # at most 30 % of the places per rated stage, and per joint type: with two joint types (PIP, MCP), half
+    assert q["rating"].value_counts().max() <= 12 and q["joint"].map(joint_type).value_counts().max() <= 20
     accounting = result.accounting.set_index("outcome")["rows"]
     left = accounting.drop(["ratings of the rater", "candidates", "queued"]).sum()
     assert accounting["ratings of the rater"] == left + accounting["candidates"] == (ratings["rater"] == "registry").sum()
@@ -133,9 +136,12 @@ def test_the_queue_ranks_out_of_sample_single_ratings_and_accounts_for_every_rat
     page = open(result.html).read()
     assert page.count("<img") == 40 and "Review queue" in page
 
-    everyone = queue.build(queue.ReviewConfig(run, f"{data}/ratings", "unused", top=2000, in_sample=True), str(tmp_path))
-    assert everyone.queue["in_sample"].sum() > 0
-    assert set(everyone.queue.loc[everyone.queue["in_sample"], "patient_id"]) <= seen
+    scores = storage.read_table(runs.manifest(run).path("scores")).to_pandas()
+    everyone, _ = queue.candidates(scores, ratings, "registry", in_sample=True)
+    assert set(everyone.loc[everyone["in_sample"], "patient_id"]) == seen
+    assert len(everyone) == own.index.nunique()
+    asked = queue.build(queue.ReviewConfig(run, f"{data}/ratings", "unused", top=20, in_sample=True), str(tmp_path))
+    assert set(asked.queue.loc[asked.queue["in_sample"], "patient_id"]) <= seen
 
 
 def test_a_second_rating_resolves_a_queued_item_and_it_leaves_the_queue(scored, tmp_path):

@@ -55,14 +55,16 @@ def flagged(probs: np.ndarray, ratings: np.ndarray, thresholds: np.ndarray) -> n
 
 def stratified_order(scores: np.ndarray, strata: list[np.ndarray], places: int, max_share: float) -> np.ndarray:
     """Indices of the ``places`` queued items, best first: by score (highest first, ties by position), skipping an
-    item while any of its strata (one array of labels per stratification, e.g. joint type and rated stage) holds
-    ``max(1, floor(max_share * places))`` queued items already; places left over once every stratum is full go
-    to the skipped items by score."""
+    item while any of its strata (one array of labels per stratification, e.g. joint type and rated stage) is full.
+
+    A stratification's strata hold at most ``floor(max_share * places)`` items each, or as many as its labels
+    need to fill the places evenly where that is more (two joint types cannot share 100 places at 30 each). Places
+    left over once every stratum is full go to the skipped items by score."""
     if not 0 < max_share <= 1:
         raise ValueError(f"max_share must lie in (0, 1], got {max_share}.")
     order = np.lexsort((np.arange(len(scores)), -np.asarray(scores, dtype=np.float64)))
     places = min(places, len(order))
-    cap = max(1, int(np.floor(max_share * places)))
+    caps = [max(1, int(np.floor(max_share * places)), -(-places // max(len(set(s)), 1))) for s in strata]
     taken: list[int] = []
     skipped: list[int] = []
     counts: list[dict] = [{} for _ in strata]
@@ -70,7 +72,7 @@ def stratified_order(scores: np.ndarray, strata: list[np.ndarray], places: int, 
         if len(taken) == places:
             break
         labels = [s[i] for s in strata]
-        if any(c.get(label, 0) >= cap for c, label in zip(counts, labels, strict=True)):
+        if any(c.get(label, 0) >= cap for c, label, cap in zip(counts, labels, caps, strict=True)):
             skipped.append(int(i))
             continue
         taken.append(int(i))
