@@ -12,7 +12,7 @@ from conftest import SMALL_MODEL
 
 from erosion.cli.main import main
 from erosion.core import review, schema
-from erosion.core.domain import joint_type
+from erosion.core.domain import joint_type, ratingen_stage
 from erosion.io import runs, storage
 from erosion.model import checkpoint
 from erosion.registry import synth
@@ -85,14 +85,13 @@ def test_synth_corrupts_a_share_of_the_registry_raters_stages_by_two_or_more_and
     listed = storage.read_table(f"{corrupted}/corrupted").to_pandas()
     assert listed.columns.tolist() == schema.CORRUPTED.names
     changed = (before["ratingen"] != after["ratingen"]) | (before["erosion_pct"] != after["erosion_pct"])
-    assert set(after.loc[changed, "joint_id"]) == set(listed["joint_id"]) and (after["rater"][changed] == "registry").all()
+    assert set(after.loc[changed, "joint_id"]) == set(listed["joint_id"])
+    assert (after["rater"][changed] == "registry").all()
     registry_rows = (before["rater"] == "registry").sum()
     assert 0.06 < len(listed) / registry_rows < 0.14
     joined = listed.merge(before, on=["joint_id", "rater"], suffixes=("", "_before"))
     assert (joined["ratingen_read"] == joined["ratingen_before"]).all()
     assert ((joined["ratingen"] - joined["ratingen_read"]).abs() >= 2).all()
-    from erosion.core.domain import ratingen_stage
-
     assert (ratingen_stage(after["erosion_pct"].to_numpy()) == after["ratingen"].to_numpy()).all()
 
 
@@ -129,7 +128,8 @@ def test_the_queue_ranks_out_of_sample_single_ratings_and_accounts_for_every_rat
     assert q["rating"].value_counts().max() <= 12 and q["joint"].map(joint_type).value_counts().max() <= 20
     accounting = result.accounting.set_index("outcome")["rows"]
     left = accounting.drop(["ratings of the rater", "candidates", "queued"]).sum()
-    assert accounting["ratings of the rater"] == left + accounting["candidates"] == (ratings["rater"] == "registry").sum()
+    rated = (ratings["rater"] == "registry").sum()
+    assert accounting["ratings of the rater"] == left + accounting["candidates"] == rated
     committed = runs.manifest(config.out)
     files = pd.read_csv(f"{committed.run}/{committed.attempt}/queue.csv")
     assert files.columns[-6:].tolist() == [f"p{k}" for k in range(6)] and len(files) == 40
@@ -161,7 +161,8 @@ def test_a_second_rating_resolves_a_queued_item_and_it_leaves_the_queue(scored, 
     ratings = tmp_path / "ratings"
     ratings.mkdir()
     pq.write_table(storage.read_table(f"{data}/ratings"), ratings / "part-0.parquet")
-    pq.write_table(pa.Table.from_pandas(second, schema=schema.RATINGS, preserve_index=False), ratings / "part-1.parquet")
+    added = pa.Table.from_pandas(second, schema=schema.RATINGS, preserve_index=False)
+    pq.write_table(added, ratings / "part-1.parquet")
     again = queue.queue(queue.ReviewConfig(scores=run, ratings=str(ratings), out=out, top=10))
     resolved = again.resolved.set_index("joint_id")
     assert resolved.loc[kept["joint_id"], "outcome"] == "kept"

@@ -153,7 +153,7 @@ def reviewed(result: ReviewResult) -> str:
     if len(result.resolved):
         counts = result.resolved["outcome"].value_counts()
         lines.append(f"    resolved so far: {counts.get('kept', 0)} kept, {counts.get('changed', 0)} changed")
-    for row in (result.evaluation.itertuples() if result.evaluation is not None else ()):
+    for row in result.evaluation.itertuples() if result.evaluation is not None else ():
         lines.append(
             f"    {row.queue}: precision {row.precision:.3f}, recall {row.recall:.3f}"
             f" ({row.corrupted_in_queue} of {row.places} corrupted; {row.corrupted_candidates} among the candidates)"
