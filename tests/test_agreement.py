@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from sklearn.metrics import accuracy_score, balanced_accuracy_score
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, cohen_kappa_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from erosion.core import agreement
@@ -71,8 +71,6 @@ def test_kappa_edge_cases():
     a = np.array([0, 1, 2, 3, 4, 5, 0, 0])
     assert agreement.quadratic_kappa(a, a).value == pytest.approx(1.0)
     b = np.where(a == 5, 4, a)  # stage 5 missing from one rater
-    from sklearn.metrics import cohen_kappa_score
-
     assert agreement.quadratic_kappa(a, b).value == pytest.approx(cohen_kappa_score(a, b, weights="quadratic"))
     with pytest.raises(ValueError, match="undefined"):
         agreement.quadratic_kappa(np.zeros(5, int), np.zeros(5, int))  # a single class
@@ -143,3 +141,23 @@ def test_venn_counts_by_hand():
     assert agreement.venn_counts(a, b, c) == {"all": 1, "only_ab": 3, "only_ac": 1, "only_bc": 0, "none": 2}
     with pytest.raises(ValueError, match="no joint"):
         agreement.venn_counts(np.array([]), np.array([]), np.array([]))
+
+
+def test_the_expected_confusion_of_calibrated_probabilities_predicts_the_measured_agreement():
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.array([6.0, 3.0, 1.0, 0.6, 0.4, 0.4]) * 0.8, size=40_000)
+    predicted = probs.argmax(axis=1)
+    expected = agreement.expected_confusion(probs, predicted)
+    assert expected.sum() == pytest.approx(len(probs))
+    np.testing.assert_allclose(expected.sum(axis=0), np.bincount(predicted, minlength=6))  # columns: the model's
+    np.testing.assert_allclose(expected.sum(axis=1), probs.sum(axis=0))  # rows: the rater's expected stages
+    # a rater whose stages follow the probabilities (calibrated by construction), drawn: scikit-learn's figures
+    rated = (rng.random(len(probs))[:, None] > np.cumsum(probs, axis=1)).sum(axis=1).clip(0, 5)
+    assert agreement.balanced_accuracy(expected) == pytest.approx(balanced_accuracy_score(rated, predicted), abs=0.02)
+    assert agreement.global_accuracy(expected) == pytest.approx(accuracy_score(rated, predicted), abs=0.01)
+    kappa = cohen_kappa_score(rated, predicted, weights="quadratic")
+    assert agreement.confusion_kappa(expected).value == pytest.approx(kappa, abs=0.02)
+    halves = agreement.expected_confusion(probs[:100], predicted[:100]) + agreement.expected_confusion(
+        probs[100:], predicted[100:]
+    )
+    np.testing.assert_allclose(halves, expected)  # batches add up

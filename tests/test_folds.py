@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import SMALL_MODEL
+from sklearn.metrics import balanced_accuracy_score
 
 from erosion.core import schema
 from erosion.core.split import SPLITS, fold_of, member, split_of
@@ -138,3 +139,16 @@ def test_a_single_models_scores_say_which_patients_it_saw_and_the_report_leaves_
     table = both.tables.accounting
     assert table[(table["source"] == "scores") & (table["outcome"] == "used")]["rows"].item() == len(scores)
     assert "left out: joints of patients the model saw" in open(default.html).read()
+
+    # the agreement expected from the calibrated probabilities, and its check on the rated joints
+    estimated = default.estimated.set_index("joints")
+    used = accounting["used"]
+    assert estimated.loc["measured, rated", "n"] == estimated.loc["estimated, rated", "n"] == used
+    assert estimated.loc["estimated, not rated", "n"] == 0  # the registry rater rated every joint
+    assert estimated["reference"].eq("registry").all()
+    rated = scores[~scores["in_sample"]].merge(
+        storage.read_table(ratings).to_pandas().query("rater == 'registry'"), on="joint_id"
+    )
+    measured = balanced_accuracy_score(rated["ratingen"], rated["ratingen_pred"])
+    assert estimated.loc["measured, rated", "balanced_accuracy"] == pytest.approx(measured)
+    assert "Estimated agreement before ratings arrive" in open(default.html).read()

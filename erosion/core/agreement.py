@@ -134,6 +134,19 @@ def confusion_kappa(confusion: np.ndarray) -> Estimate:
     return _wald(float(kappa), float(max(variance, 0.0)), clip=(-1.0, 1.0))
 
 
+def expected_confusion(probs: np.ndarray, predicted: np.ndarray, k: int = NUM_STAGES) -> np.ndarray:
+    """(k, k) expected counts of a rater's stages (rows) against the model's (columns) on joints the rater has
+    not rated: each joint adds its calibrated P(stage j) to row j of its predicted stage's column.
+
+    Calibrated against that rater, P(stage j) is the chance the rater would say j, so the expected counts give
+    expected accuracies and kappa (``pair_statistics`` takes the matrix as it takes counts). Sums of batches add.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    onehot = np.zeros((len(predicted), k))
+    onehot[np.arange(len(predicted)), np.asarray(predicted, dtype=np.int64)] = 1.0
+    return probs.T @ onehot
+
+
 def _mean_recall(confusion: np.ndarray, within: int) -> float:
     return _mean_recall_ci(confusion, within).value
 
@@ -154,8 +167,8 @@ def _wald(value: float, variance: float, clip: tuple[float, float] = (0.0, 1.0))
     return Estimate(float(value), max(clip[0], value - half), min(clip[1], value + half))
 
 
-def _total(confusion: np.ndarray) -> int:
-    total = int(confusion.sum())
+def _total(confusion: np.ndarray) -> float:
+    total = float(confusion.sum())  # expected counts are not whole
     if total == 0:
         raise ValueError("the confusion matrix is empty: no joint rated by both raters.")
     return total

@@ -53,11 +53,13 @@ def render(
     plots: dict[str, bytes],
     context: Context,
     explained: Sequence[Explanation] = (),
+    estimated: pd.DataFrame | None = None,
 ) -> str:
     """The whole page as one HTML document (plots inline as PNG data, so the file stands alone).
 
     ``explained``: the joints with Grad-CAM heat maps (:func:`erosion.report.report.explain`),
-    in a section of their own.
+    in a section of their own; ``estimated``: the expected agreement on joints nobody rated
+    (:func:`erosion.report.report.estimated_agreement`).
     """
     pairs = tables.agreement
     overall = pairs[pairs["subset"] == ALL_JOINTS]
@@ -95,6 +97,7 @@ def render(
             parts.append(figure(plots[name], f"{row.rater} against {row.reference}, all joints (n = {row.n:,})."))
     parts += [
         _calibration_section(context.calibration, plots),
+        _estimated_section(estimated),
         _cam_section(explained, context.model, humans),
         _reading(),
         _notes(pairs),
@@ -252,6 +255,27 @@ def _calibration_section(calibration: dict | None, plots: dict[str, bytes]) -> s
         else ""
     )
     return "<h2>Calibration</h2>" + table(caption, frame) + diagram
+
+
+def _estimated_section(estimated: pd.DataFrame | None) -> str:
+    if estimated is None:
+        return ""
+    rater = html.escape(str(estimated["reference"].iloc[0]))
+    frame = pd.DataFrame(
+        {
+            "Joints": estimated["joints"],
+            "n": estimated["n"].map("{:,.0f}".format),
+            "Accuracy": _column(estimated, "accuracy", "{:.1%}"),
+            "Balanced accuracy": _column(estimated, "balanced_accuracy", "{:.1%}"),
+            "Quadratic kappa": _column(estimated, "kappa", "{:.3f}"),
+        }
+    )
+    caption = (
+        f"Expected agreement of the model with {rater} on the joints {rater} has not rated (estimated.parquet): the"
+        f" calibrated probabilities taken as the chance that {rater} would give each stage. On the joints {rater}"
+        " has rated (out of sample), the same estimate beside what was measured checks it."
+    )
+    return "<h2>Estimated agreement before ratings arrive</h2>" + table(caption, frame)
 
 
 def _cam_section(explained: Sequence[Explanation], model: str, humans: list[str]) -> str:

@@ -24,10 +24,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from erosion.core import agreement
-from erosion.core.domain import ALL_JOINTS
+from erosion.core.domain import ALL_JOINTS, NUM_STAGES
 from erosion.core.settings import setting
 from erosion.core.split import SPLITS
 from erosion.io import runs, storage
+from erosion.io.ratings import rater_stages
 from erosion.model import checkpoint
 from erosion.registry.preprocess import letterbox
 from erosion.report import cam, figures, page, tables
@@ -60,6 +61,7 @@ class ReportResult:
     html: str
     raters: list[str]
     tables: tables.Tables
+    estimated: pd.DataFrame | None = None  # estimated_agreement's table; None: the model is not calibrated
 
 
 def build(config: ReportConfig, folder: str, run: runs.RunManifest | None = None) -> ReportResult:
@@ -83,7 +85,8 @@ def build(config: ReportConfig, folder: str, run: runs.RunManifest | None = None
     stages, accounting = tables.join_stages(scores, ratings, model, config.split, config.split_seed, config.in_sample)
     humans = [c for c in stages.columns if c not in ("joint", model)]
     made = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    calibration = checkpoint.read_card(run.model, config.options).calibration
+    card = checkpoint.read_card(run.model, config.options)
+    calibration = card.calibration
     context = page.Context(
         run=run,
         model=model,
@@ -119,8 +122,13 @@ def build(config: ReportConfig, folder: str, run: runs.RunManifest | None = None
     for e in explained:
         if e.file:
             storage.write_bytes(f"{folder}/figures/{e.file}", e.png, config.options)
-    storage.write_bytes(html, page.render(result, raters, plots, context, explained).encode(), config.options)
-    return ReportResult(out=folder, html=html, raters=raters, tables=result)
+    calibrated_against = card.train.get("data", {}).get("rater")
+    estimated = estimated_agreement(config, run, calibrated_against) if calibration and calibrated_against else None
+    if estimated is not None:
+        storage.write_table(f"{folder}/estimated.parquet", pa.Table.from_pandas(estimated), config.options)
+    content = page.render(result, raters, plots, context, explained, estimated)
+    storage.write_bytes(html, content.encode(), config.options)
+    return ReportResult(out=folder, html=html, raters=raters, tables=result, estimated=estimated)
 
 
 def explain(
@@ -175,6 +183,41 @@ def explain(
         png = cam.overlay_png(pixels[joint_id], maps[joint_id], title)
         explained.append(cam.Explanation(joint_id, rated, file=file, png=png))
     return explained
+
+
+ESTIMATES = ("estimated, not rated", "estimated, rated", "measured, rated")
+"""The rows of the estimated-agreement table: the estimate where it is needed, and its check beside the truth."""
+
+
+def estimated_agreement(config: ReportConfig, run: runs.RunManifest, rater: str) -> pd.DataFrame:
+    """The model's expected agreement with ``rater`` (the rater it was calibrated against) on the joints that
+    rater has not rated (``agreement.expected_confusion`` of the calibrated probabilities), and the same estimate
+    beside the measured agreement on the joints it has rated (out of sample, unless ``config.in_sample``).
+
+    Streams the scores (probabilities, stage, error and in-sample only) in batches: the whole registry never
+    sits in memory.
+    """
+    stages = rater_stages(config.ratings, rater, config.options)
+    index = pd.Index(stages["joint_id"].to_numpy(zero_copy_only=False), dtype=object)
+    unique = ~index.duplicated(keep="last")
+    index, labels = index[unique], stages["label"].to_numpy()[unique].astype(np.int64)
+    known = storage.common_columns(run.path("scores"), config.options)
+    columns = ["joint_id", "probs", "ratingen_pred", "error"] + ["in_sample"] * ("in_sample" in known)
+    totals = {name: np.zeros((NUM_STAGES, NUM_STAGES)) for name in ESTIMATES}
+    for _, _, batch in storage.iter_batches(run.path("scores"), columns, 65_536, config.options):
+        batch = batch.filter(pc.and_(pc.is_null(batch["error"]), pc.is_valid(batch["probs"])))
+        probs = batch["probs"].flatten().to_numpy(zero_copy_only=False).reshape(-1, NUM_STAGES)
+        predicted = batch["ratingen_pred"].to_numpy(zero_copy_only=False).astype(np.int64)
+        position = index.get_indexer(batch["joint_id"].to_numpy(zero_copy_only=False))
+        seen = pc.fill_null(batch["in_sample"], True).to_numpy(zero_copy_only=False) if "in_sample" in known else False
+        rated = (position >= 0) & (config.in_sample | ~np.asarray(seen, dtype=bool))
+        unrated = position < 0
+        totals["estimated, not rated"] += agreement.expected_confusion(probs[unrated], predicted[unrated])
+        totals["estimated, rated"] += agreement.expected_confusion(probs[rated], predicted[rated])
+        totals["measured, rated"] += agreement.confusion_matrix(labels[position[rated]], predicted[rated])
+    rows = [{"joints": name, "reference": rater, "n": float(c.sum())} | agreement.pair_statistics(c)
+            for name, c in totals.items()]  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def crops(registry: str, joint_ids: list[str], options: storage.StorageOptions) -> dict[str, bytes | None]:
