@@ -15,6 +15,7 @@ queue and a lowest-max-probability queue (``evaluation.parquet``).
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import html
 import posixpath
@@ -320,13 +321,30 @@ def _page(
     if len(resolved):
         counts = resolved.groupby("outcome").size().rename("ratings").reset_index()
         parts.append(page.table("Resolved by a second rating (resolved.parquet)", counts))
-    listed = queue.assign(probs=[" ".join(f"{p:.2f}" for p in row) for row in queue["probs"]]).drop(
-        columns=["patient_id"]
-    )
-    parts.append(page.table("The queue (queue.parquet, queue.csv): P(stage 0) ... P(stage 5) in probs", listed))
-    for item in queue.itertuples():
-        panel = panels.get(item.joint_id, "")
-        caption = f"#{item.rank} {item.joint_id}: rated {item.rating}, score {item.score:.2f}"
-        parts.append(page.figure(panel, caption) if isinstance(panel, bytes) else f"<p>{html.escape(caption)}: "
-                     f"no crop ({html.escape(panel)})</p>")  # fmt: skip
+    parts.append(page.table("The queue, best first (queue.parquet, queue.csv)", _listing(queue, panels), escape=False))
     return page.document(f"Erosion review queue, {config.rater}", parts)
+
+
+def _listing(queue: pd.DataFrame, panels: dict[str, bytes | str]) -> pd.DataFrame:
+    """The queue as the page shows it, one row per item with its crop, heat map and probabilities (HTML cells)."""
+    cells = []
+    for item in queue.itertuples():
+        panel, name = panels.get(item.joint_id, ""), html.escape(item.joint_id)
+        if isinstance(panel, bytes):
+            image = f'<img src="data:image/png;base64,{base64.b64encode(panel).decode()}" alt="{name}"'
+            cells.append(f'{image} style="width:480px;max-width:none"><br><span class="small">{name}</span>')
+        else:
+            cells.append(f"{name}: no crop ({html.escape(panel)})")
+    return pd.DataFrame(
+        {
+            "#": queue["rank"],
+            "Joint": queue["joint"].map(html.escape),
+            "Rating": queue["rating"],
+            "Score": queue["score"].map("{:.2f}".format),
+            "Quadratic": queue["score_quadratic"].map("{:.2f}".format),
+            "Flagged": queue["flagged"].map({True: "yes", False: "no"}),
+            "Confident stage": queue["confident_stage"].map(lambda s: "none" if s < 0 else str(s)),
+            "In sample": queue["in_sample"].map({True: "yes", False: "no"}),
+            "Crop, Grad-CAM, probabilities (joint id)": cells,
+        }
+    )

@@ -84,6 +84,9 @@ class TrainConfig:
     )
     patience: int = setting("stop after this many epochs without a better validation balanced accuracy; 0: never", 20)
     weighted_loss: bool = setting("balanced class weights of the training split; False: plain (unweighted) loss", True)
+    weight_power: float = setting(
+        "the balanced class weights n / (K n_k) raised to this power (1: the paper's; 0.5: softer)", 1.0
+    )
     seed: int = setting("seed of the weights, the shuffling and the augmentation", 0)
     shuffle_buffer: int = setting("rows each worker shuffles locally (blocks are also read in random order)", 1024)
     model: ModelConfig = setting("the architecture", factory=ModelConfig)
@@ -125,7 +128,9 @@ def train(config: TrainConfig) -> TrainResult:
     train_labels = labelled.split_labels(config.data, "train")
     if train_labels.size == 0 or labelled.split_labels(config.data, "val").size == 0:
         raise ValueError(f"the training and validation splits need rated joints of rater {config.data.rater!r}.")
-    weights = domain.balanced_class_weights(train_labels).tolist() if config.weighted_loss else None
+    weights = (
+        (domain.balanced_class_weights(train_labels) ** config.weight_power).tolist() if config.weighted_loss else None
+    )
     trainer = ray.train.torch.TorchTrainer(
         _train_worker,
         train_loop_config={"config": config, "class_weights": weights, "pretrained": pretrained_weights(config)},
