@@ -116,7 +116,9 @@ def test_a_fold_set_scores_each_joint_with_the_model_that_never_saw_its_patient(
     assert len({patients[p] for p in owners}) == 2  # joints of both folds
     heat = cam.heat_maps(result.model, crops, np.zeros(len(known), np.int64), owners, storage.StorageOptions())
     for crop, owner, h in zip(crops, owners, heat, strict=True):
-        np.testing.assert_allclose(h, cam.grad_cam(members[patients[owner]][0], crop[None], np.zeros(1, np.int64))[0])
+        np.testing.assert_allclose(
+            h, cam.grad_cam(members[patients[owner]][0], crop[None], np.zeros(1, np.int64))[0], atol=1e-4
+        )
 
 
 @pytest.mark.slow
@@ -143,7 +145,8 @@ def test_a_single_models_scores_say_which_patients_it_saw_and_the_report_leaves_
     # the agreement expected from the calibrated probabilities, and its check on the rated joints
     estimated = default.estimated.set_index("joints")
     used = accounting["used"]
-    assert estimated.loc["measured, rated", "n"] == estimated.loc["estimated, rated", "n"] == used
+    assert estimated.loc["measured, rated", "n"] == used
+    assert estimated.loc["estimated, rated", "n"] == pytest.approx(used)  # a sum of probabilities
     assert estimated.loc["estimated, not rated", "n"] == 0  # the registry rater rated every joint
     assert estimated["reference"].eq("registry").all()
     rated = scores[~scores["in_sample"]].merge(
