@@ -15,6 +15,7 @@ import ray
 import torch
 from conftest import SMALL_MODEL
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix
+from sklearn.utils.class_weight import compute_class_weight
 
 from erosion.core.faults import Faults
 from erosion.core.split import split_of
@@ -80,6 +81,13 @@ def test_training_learns_and_publishes_a_model_that_loads_without_ray(ray_local,
     assert png.startswith(b"\x89PNG")
     calibrated = result.card.calibration
     assert 0.05 < calibrated["temperature"] < 20 and len(calibrated["shift"]) == 6
+    # the loss weighed each stage by scikit-learn's balanced weight to the power 0.5: the shift undoes that
+    labels = labelled.split_labels(_config(train_registry, str(tmp_path), "learn").data, "train")
+    present = np.unique(labels)
+    balanced = compute_class_weight("balanced", classes=present, y=labels) ** train["weight_power"]
+    shift = -np.log(balanced) - np.mean(-np.log(balanced))
+    assert train["weight_power"] == 0.5 and len(present) == 6  # every stage in equal shares
+    np.testing.assert_allclose(calibrated["shift"], shift, rtol=1e-6)
     assert calibrated["rows"] == sum(map(sum, history[result.card.epoch]["val_confusion"]))
     assert calibrated["after"]["nll"] <= calibrated["before"]["nll"] + 0.05
     assert result.card.train["model"] == {

@@ -57,7 +57,7 @@ def variants(kind: str, config: ExperimentConfig) -> dict[str, training.TrainCon
     )
     runs = {
         "unweighted": dataclasses.replace(base, weighted_loss=False, name="unweighted"),
-        "weighted": dataclasses.replace(base, weighted_loss=True, name="weighted"),
+        "weighted": dataclasses.replace(base, weighted_loss=True, weight_power=1.0, name="weighted"),
         "cdf": dataclasses.replace(base, weighted_loss=False, name="cdf", model=cdf_model),
         "vgg16": dataclasses.replace(base, weighted_loss=True, name="vgg16", model=vgg16_model),
     }
