@@ -26,10 +26,11 @@ def test_each_variant_differs_from_the_base_in_what_it_studies_only():
     }
     assert differences == {
         "unweighted": {"weighted_loss"},
-        "weighted": set(),
+        "weighted": {"weight_power"},  # the paper's balanced weights (power 1), whatever the recipe's default
         "cdf": {"model", "weighted_loss"},  # the thesis's regression: plain CRPS
         "vgg16": {"model"},
     }
+    assert runs["weighted"].weight_power == 1.0
     assert runs["cdf"].model == dataclasses.replace(base.model, head="cdf")
     assert runs["vgg16"].model == ModelConfig(input_size=32, arch="vgg16")
     assert list(experiments.variants("loss", experiments.ExperimentConfig(base=base))) == ["unweighted", "weighted"]
