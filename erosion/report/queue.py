@@ -128,7 +128,7 @@ def resolve(previous: pd.DataFrame, ratings: pd.DataFrame, when: str) -> pd.Data
 def rank(frame: pd.DataFrame, config: ReviewConfig) -> pd.DataFrame:
     """The queue: the top ``config.top`` of ``frame`` (from :func:`candidates`, re-rated joints already out) by
     the chosen distance, stratified by joint type and rated stage, with scores, flags and ranks."""
-    probs = np.stack(frame["probs"].to_numpy()) if len(frame) else np.zeros((0, NUM_STAGES))
+    probs = _probs(frame)
     ratings = frame["rating"].to_numpy().astype(np.int64)
     scored = frame.assign(
         score=review.expected_distance(probs, ratings, 1),
@@ -144,13 +144,12 @@ def rank(frame: pd.DataFrame, config: ReviewConfig) -> pd.DataFrame:
     return queue[QUEUE_COLUMNS].reset_index(drop=True)
 
 
-def evaluate(frame: pd.DataFrame, corrupted: set[str], config: ReviewConfig) -> pd.DataFrame:
-    """Precision and recall of the queue against the corrupted ratings, beside a random queue and a queue of the
-    lowest maximum probability (the model's least sure joints), each of ``config.top`` places from ``frame``."""
+def evaluate(frame: pd.DataFrame, queue: pd.DataFrame, corrupted: set[str], config: ReviewConfig) -> pd.DataFrame:
+    """Precision and recall of ``queue`` (ranked from ``frame``) against the corrupted ratings, beside a random
+    queue and a queue of the lowest maximum probability (the model's least sure joints), each as long."""
     wrong = frame["joint_id"].isin(corrupted).to_numpy()
-    probs = np.stack(frame["probs"].to_numpy()) if len(frame) else np.zeros((0, NUM_STAGES))
+    probs = _probs(frame)
     places = min(config.top, len(frame))
-    queue = rank(frame, config)
     position = pd.Index(frame["joint_id"]).get_indexer(queue["joint_id"])
     orders = {
         f"review queue ({config.distance} distance, stratified)": position,
@@ -195,7 +194,7 @@ def build(config: ReviewConfig, folder: str) -> ReviewResult:
     evaluation = None
     if config.corrupted:
         wrong = storage.read_table(config.corrupted, ["joint_id", "rater"], config.options).to_pandas()
-        evaluation = evaluate(frame, set(wrong.loc[wrong["rater"] == config.rater, "joint_id"]), config)
+        evaluation = evaluate(frame, queue, set(wrong.loc[wrong["rater"] == config.rater, "joint_id"]), config)
     table = pd.DataFrame(accounting, columns=["outcome", "rows"])
     _write(folder, queue, resolved, table, evaluation, config.options)
     panels = _panels(config, run, queue)
@@ -248,7 +247,7 @@ def _write(
     evaluation: pd.DataFrame | None,
     options: storage.StorageOptions,
 ) -> None:
-    probs = np.stack(queue["probs"].to_numpy()) if len(queue) else np.zeros((0, NUM_STAGES))
+    probs = _probs(queue)
     table = pa.Table.from_pandas(queue.assign(probs=list(probs.astype(np.float32))), preserve_index=False)
     storage.write_table(f"{folder}/queue.parquet", table, options)
     flat = queue.drop(columns="probs").assign(**{f"p{k}": probs[:, k] for k in range(NUM_STAGES)})
@@ -281,7 +280,7 @@ def _panels(config: ReviewConfig, run: runs.RunManifest, queue: pd.DataFrame) ->
     shown = queue[queue["joint_id"].isin(list(pixels))]
     if shown.empty:
         return panels
-    probs = np.stack(shown["probs"].to_numpy()).astype(np.float64)
+    probs = _probs(shown).astype(np.float64)
     crops = np.stack([pixels[j] for j in shown["joint_id"]])
     heat = cam.heat_maps(run.model, crops, probs.argmax(axis=1), shown["patient_id"].tolist(), config.options)
     for item, crop, p, h in zip(shown.itertuples(), crops, probs, heat, strict=True):
@@ -348,3 +347,8 @@ def _listing(queue: pd.DataFrame, panels: dict[str, bytes | str]) -> pd.DataFram
             "Crop, Grad-CAM, probabilities (joint id)": cells,
         }
     )
+
+
+def _probs(frame: pd.DataFrame) -> np.ndarray:
+    """(N, 6) the ``probs`` column of a frame of candidates or queued ratings as one array."""
+    return np.stack(frame["probs"].to_numpy()) if len(frame) else np.zeros((0, NUM_STAGES))
