@@ -38,7 +38,7 @@ def test_carry_finds_exactly_the_fingerprints_it_holds():
     assert not present.any() and (carry.Carry.of(prints[:0], probs[:0]).find(prints) == -1).all()
 
 
-def test_carry_takes_the_percent_where_the_scores_have_one_and_nan_where_they_predate_the_cdf_head(tmp_path):
+def test_carry_takes_the_percent_and_the_crop_statistics_where_the_scores_have_them_and_nan_where_they_predate_them(tmp_path):
     prints, _ = carry.fingerprints(["a/mcp1", "b/mcp1", "c/mcp1"], [b"1", b"2", b"3"])
     probs = np.eye(6, dtype=np.float32)[:3]
     columns = {
@@ -48,17 +48,24 @@ def test_carry_takes_the_percent_where_the_scores_have_one_and_nan_where_they_pr
         "error": pa.array([None, None, "cannot decode image: truncated"], pa.string()),
     }
     for name, table in {
-        "new": pa.table(columns | {"erosion_pct_pred": pa.array([12.5, None, None], pa.float32())}),
+        "new": pa.table(
+            columns
+            | {
+                "erosion_pct_pred": pa.array([12.5, None, None], pa.float32()),
+                "crop": schema.crop_column(np.array([[120, 90, 16, 0.25, 0.5, 0.125]] + [[np.nan] * 6] * 2)),
+            }
+        ),
         "old": pa.table(columns),
     }.items():
         os.makedirs(tmp_path / name)
         pq.write_table(table, tmp_path / name / "part-0.parquet")
-    for name, pct in (("new", [12.5, np.nan]), ("old", [np.nan, np.nan])):
+    crop = np.array([[120, 90, 16, 0.25, 0.5, 0.125], [np.nan] * 6])
+    for name, pct, crops in (("new", [12.5, np.nan], crop), ("old", [np.nan, np.nan], np.full((2, 6), np.nan))):
         lookup = carry.load(str(tmp_path / name))
         found = lookup.find(prints)
         assert found[2] == -1  # a failed row is scored again, not carried
         nan = np.full(2, np.nan)  # no spread, in-sample unknown: columns these scores predate
-        expected = np.column_stack([probs[:2], pct, nan, [0, 1], nan])
+        expected = np.column_stack([probs[:2], pct, nan, [0, 1], nan, crops])
         np.testing.assert_array_equal(lookup.predictions[found[:2]], expected)
 
 

@@ -79,7 +79,7 @@ _COMMANDS: dict[str, tuple[str, type, Callable, bool]] = {
     "review": ("a review queue of the ratings the model disagrees with most; resolves re-rated ones",
                queue.ReviewConfig, lambda c, _: printing.reviewed(queue.queue(c)), False),
     "nightly": ("one dated run: score (carrying unchanged joints over), Rau, report", nightly.NightlyConfig,
-                lambda c, _: printing.nightly(nightly.nightly(c)), True),
+                lambda c, _: _nightly(c), True),
     "runs": ("the committed runs under a folder, with their counts", storage.StorageOptions,
              lambda c, args: printing.runs(runs.committed(args.out, c), args.out), False),
     "benchmark-train": ("training throughput: bare step, augmented step, Ray Train", benchmark.TrainBenchConfig,
@@ -109,6 +109,12 @@ def _run(job: Callable, config: type, ray: bool, args: argparse.Namespace) -> in
 def _validate(config: validate.ValidateConfig) -> tuple[str, int]:
     reports = validate.validate(config)
     return printing.validation(reports), 1 if any(r.problems for r in reports) else 0
+
+
+def _nightly(config: nightly.NightlyConfig) -> tuple[str, int]:
+    """The night's summary; exit code 3 where it raised an alert and --fail-on-alert asks for it (committed)."""
+    result = nightly.nightly(config)
+    return printing.nightly(result), 3 if config.fail_on_alert and result.manifest.alerts else 0
 
 
 def _experiment(config: experiments.ExperimentConfig, kind: str) -> str:

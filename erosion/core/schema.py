@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from erosion.core.domain import NUM_STAGES
 
@@ -46,6 +48,30 @@ CORRUPTED = pa.schema(
 )
 """Synthetic registries only: the ratings replaced on purpose (``erosion synth --corrupt-share``), beside the truth."""
 
+CROP = pa.struct(
+    [
+        pa.field("height", pa.int32()),  # pixels, as stored
+        pa.field("width", pa.int32()),
+        pa.field("bit_depth", pa.int8()),  # 8 or 16
+        pa.field("intensity_mean", pa.float32()),  # grey values as a share of the bit depth's maximum
+        pa.field("intensity_sd", pa.float32()),
+        pa.field("saturated", pa.float32()),  # share of pixels at 0 or at the maximum
+    ]
+)
+"""What the decode step measures of a crop as stored (``preprocess.crop_statistics``, in this order)."""
+
+def crop_values(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """(N, len(CROP)) float32 of a ``crop`` column (NaN where null)."""
+    fields = [pc.struct_field(column, field.name) for field in CROP]
+    return np.stack([pc.cast(f, pa.float32()).to_numpy(zero_copy_only=False) for f in fields], axis=1)
+
+
+def crop_column(values: np.ndarray) -> pa.StructArray:
+    """A ``crop`` column from (N, len(CROP)) statistics; null where a row's are NaN (not decoded)."""
+    missing = np.isnan(values).all(axis=1)
+    fields = [pa.array(np.nan_to_num(values[:, i]).astype(f.type.to_pandas_dtype())) for i, f in enumerate(CROP)]
+    return pa.StructArray.from_arrays(fields, fields=list(CROP), mask=pa.array(missing))
+
 KEYS = ["joint_id", "patient_id", "visit_date", "sop_iuid", "body_part", "joint"]
 """The registry's columns other than the image: what every derived table carries."""
 
@@ -65,6 +91,7 @@ SCORES = pa.schema(
         pa.field("source_file", pa.string()),  # the registry file the row came from, as the run's manifest names it
         pa.field("in_sample", pa.bool_()),  # the model saw the patient in training; null: the model cannot tell
         pa.field("stage_spread", pa.float32()),  # fold models: sd of the expected stage over them (new patients)
+        pa.field("crop", CROP),  # the crop as stored, measured when decoded (carried with the score); null: not decoded
     ]
 )
 """Scores, one row per registry row per run: scored, or with its error."""
@@ -78,12 +105,13 @@ PREDICTION_PROBS = slice(0, NUM_STAGES)
 PREDICTION_PCT = NUM_STAGES
 """The column of a prediction that holds the predicted % eroded surface: ``prediction[:, PREDICTION_PCT]``."""
 
-SCORE_WIDTH = PREDICTION_WIDTH + 3
+SCORE_WIDTH = PREDICTION_WIDTH + 3 + len(CROP)
 """A scored crop as scoring moves it (and carries it over): a prediction with calibrated probabilities, then the
-stage spread over fold models (NaN: none), the model's own stage and whether the patient is in-sample (1, 0;
-NaN: unknown)."""
+stage spread over fold models (NaN: none), the model's own stage, whether the patient is in-sample (1, 0;
+NaN: unknown) and the crop's statistics as stored (``CROP``'s fields; NaN: not decoded)."""
 
 SCORE_SPREAD, SCORE_STAGE, SCORE_IN_SAMPLE = PREDICTION_WIDTH, PREDICTION_WIDTH + 1, PREDICTION_WIDTH + 2
+SCORE_CROP = slice(PREDICTION_WIDTH + 3, SCORE_WIDTH)
 """The columns of a scored crop after its prediction's."""
 
 KEY = "joint_id"

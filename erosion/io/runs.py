@@ -62,6 +62,8 @@ class RunManifest:
     replaced: str = ""  # the attempt this commit replaced (kept for readers until the next commit)
     files: dict[str, int] = field(default_factory=dict)  # table -> Parquet files written
     versions: dict[str, str] = field(default_factory=dict)  # of the libraries that made it
+    alerts: list[dict] = field(default_factory=list)  # a nightly's monitoring alerts (``monitoring.Alert``)
+    monitored_against: list[str] = field(default_factory=list)  # the reference nights it was compared with
     run: str = ""  # where it was read from (not written)
 
     def to_json(self) -> dict:

@@ -24,18 +24,46 @@ def letterbox(data: bytes, size: int = INPUT_SIZE) -> np.ndarray:
 
     Raises ValueError("<reason>: <detail>") when it cannot: empty image, unsupported format, cannot decode image.
     """
+    return _fit(_to_grey(_open(data)), size)
+
+
+def letterbox_measured(data: bytes, size: int = INPUT_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """``letterbox``, and the crop's statistics as stored (``crop_statistics``): what scoring's monitoring reads."""
+    image = _open(data)
+    return _fit(_to_grey(image), size), crop_statistics(image)
+
+
+def crop_statistics(image: Image.Image) -> np.ndarray:
+    """A decoded crop's statistics as stored, in the order of ``schema.CROP``'s fields: its height and width in
+    pixels, its bit depth (8 or 16), the mean and the standard deviation of its grey values as a share of the bit
+    depth's maximum, and the share of its pixels at either end of the range (0 or the maximum: clipped by the
+    exposure or the export). Colour crops by their luminance."""
+    sixteen = image.mode in _SIXTEEN_BIT
+    top = 65535.0 if sixteen else 255.0
+    grey = image if sixteen or image.mode == "L" else image.convert("RGB").convert("L")
+    values = np.asarray(grey, dtype=np.float64) / top
+    clipped = np.count_nonzero((values <= 0.0) | (values >= 1.0)) / max(values.size, 1)
+    return np.array([image.height, image.width, 16 if sixteen else 8, values.mean(), values.std(), clipped])
+
+
+def _open(data: bytes) -> Image.Image:
+    """The crop decoded (pixels loaded), or ValueError("<reason>: <detail>")."""
     if not data:
         raise ValueError("empty image: 0 bytes")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.format not in FORMATS:
-                raise ValueError(f"unsupported format: {image.format} (expected JPEG or PNG)")
-            image.load()
-            grey = _to_grey(image)
+        image = Image.open(io.BytesIO(data))
+        if image.format not in FORMATS:
+            raise ValueError(f"unsupported format: {image.format} (expected JPEG or PNG)")
+        image.load()
+        return image
     except UnidentifiedImageError:
         raise ValueError(f"cannot decode image: not a JPEG or PNG ({len(data)} bytes)") from None
     except (OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"cannot decode image: {error}") from None
+
+
+def _fit(grey: Image.Image, size: int) -> np.ndarray:
+    """The grey crop scaled so that its longer side fills ``size``, padded with black to a square."""
     scale = size / max(grey.size)
     width, height = max(1, round(grey.width * scale)), max(1, round(grey.height * scale))
     canvas = np.zeros((size, size), dtype=np.uint8)
@@ -57,9 +85,12 @@ def letterbox_batch(images: Sequence[bytes | None], size: int = INPUT_SIZE) -> t
     return pixels, errors
 
 
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
+
+
 def _to_grey(image: Image.Image) -> Image.Image:
     """An 8-bit grey image ("L") from any PIL mode: 16-bit by scaling, colour by luminance."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if image.mode in _SIXTEEN_BIT:
         values = np.asarray(image, dtype=np.float32)
         return Image.fromarray(np.clip(values / 257.0 + 0.5, 0, 255).astype(np.uint8))
     if image.mode == "L":

@@ -83,6 +83,11 @@ class SynthConfig:
     )
     rows_per_file: int = setting("joints per Parquet file: bounds memory and file size", 5_000)
     jpeg_share: float = setting("share of JPEG crops; the rest is split 60/40 between 8-bit and 16-bit PNG", 0.8)
+    exposure: float = setting(
+        "multiplies every crop's intensities before encoding, clipped to the range (1: as drawn; 1.4: over-exposed,"
+        " as a new X-ray unit or export setting might deliver)",
+        1.0,
+    )
     corrupt_share: float = setting(
         "share of the registry rater's ratings replaced by a stage at least 2 away, listed in corrupted/", 0.0
     )
@@ -140,7 +145,10 @@ def patient_tables(config: SynthConfig, index: int, cumulative: np.ndarray) -> d
             for j, joint in enumerate(HAND_JOINTS):
                 true_pct = float(pct[v, h * len(HAND_JOINTS) + j])
                 joint_id = f"{sop_iuid}/{joint}"
-                image = _encode(rng, render_joint(rng, true_pct, joint), config.jpeg_share)
+                pixels = render_joint(rng, true_pct, joint)
+                if config.exposure != 1.0:
+                    pixels = np.clip(pixels * np.float32(config.exposure), 0.0, 1.0)
+                image = _encode(rng, pixels, config.jpeg_share)
                 registry.append((joint_id, patient_id, visit, sop_iuid, hand, joint, image))
                 truth.append((joint_id, true_pct, domain.ratingen_stage(true_pct)))
             hand_pct = pct[v, h * len(HAND_JOINTS) : (h + 1) * len(HAND_JOINTS)]
@@ -284,6 +292,8 @@ def _check(config: SynthConfig) -> None:
     for hand in config.hands:
         if hand not in ("hand_left", "hand_right"):
             raise ValueError(f"hands must be hand_left and/or hand_right, got {hand!r}.")
+    if not config.exposure > 0:
+        raise ValueError(f"exposure must be > 0, got {config.exposure}.")
     if not 0 <= config.corrupt_share < 1:
         raise ValueError(f"corrupt_share must lie in [0, 1), got {config.corrupt_share}.")
     if not 0 <= config.rescored_fraction <= 1:

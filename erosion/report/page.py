@@ -30,6 +30,7 @@ th { background: #f3f3f3; } td { font-variant-numeric: tabular-nums; }
 dl { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; }
 dt { font-weight: 600; } figure { margin: 1em 0; } img { max-width: 100%; }
 .note { color: #555; font-size: 0.9em; }
+ul.alert li { color: #a00; font-weight: 600; }
 """
 
 
@@ -71,6 +72,7 @@ def render(
         " human raters, pair by pair, as Rohrbach et al. (2019) did: the model is treated as one more rater. A"
         " human rater is always the reference of a pair with the model.</p>",
         _facts(context, joints, humans),
+        alerts_section(context.run),
         _accounting(tables),
         table("Table 2. Agreement of each pair of raters on all joints (agreement.parquet)", _pair_summary(overall)),
         table(
@@ -112,9 +114,25 @@ def nothing_to_compare(tables: Tables, context: Context) -> str:
         "<p>No joint of this run was both scored by the model and rated by a human rater, so there is no"
         " agreement to report. Table 1 says where every input row went.</p>",
         _facts(context, "none", []),
+        alerts_section(context.run),
         _accounting(tables),
     ]
     return document(f"Erosion agreement report, run {context.run.run_id}", parts)
+
+
+def alerts_section(run: RunManifest) -> str:
+    """A nightly run's monitoring alerts (``erosion.report.monitoring``), or that it raised none; nothing for a
+    run that was not monitored."""
+    if run.kind not in ("score", "nightly") or not run.monitored_against:
+        return ""
+    against = ", ".join(html.escape(r) for r in run.monitored_against)
+    if not run.alerts:
+        return f"<h2>Monitoring</h2><p>No alert against the reference nights {against} (drift/).</p>"
+    items = "".join(f"<li>{html.escape(a['message'])}</li>" for a in run.alerts)
+    return (
+        f'<h2>Monitoring: {len(run.alerts)} alert(s)</h2><p>Against the reference nights {against} (drift/):</p>'
+        f'<ul class="alert">{items}</ul>'
+    )
 
 
 def _accounting(tables: Tables) -> str:

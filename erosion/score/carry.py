@@ -13,7 +13,7 @@ scores (``copy``), found by their ``source_file``; the lookup is loaded only whe
 
 The lookup is a sorted array of the fingerprints' first 8 bytes (binary search, vectorised), their full
 16 bytes and their scores (six calibrated probabilities, the CDF head's %, the spread over fold models, the
-model's own stage, in-sample): about 64 bytes a joint, shared through Ray's object store. Columns that scores
+model's own stage, in-sample, the crop's statistics): about 88 bytes a joint, shared through Ray's object store. Columns that scores
 written by earlier versions lack read as NaN.
 """
 
@@ -32,6 +32,7 @@ from erosion.core.domain import NUM_STAGES
 from erosion.core.schema import (
     PREDICTION_PCT,
     PREDICTION_PROBS,
+    SCORE_CROP,
     SCORE_IN_SAMPLE,
     SCORE_SPREAD,
     SCORE_STAGE,
@@ -84,7 +85,7 @@ def load(scores: str, options: storage.StorageOptions | None = None) -> Carry:
         scores, options
     )  # older scores lack the CDF head's %, the spread and in_sample: NaN
     optional = {"erosion_pct_pred": PREDICTION_PCT, "stage_spread": SCORE_SPREAD, "in_sample": SCORE_IN_SAMPLE}
-    columns = ["fingerprint", "probs", "ratingen_pred", "error"] + [c for c in optional if c in present]
+    columns = ["fingerprint", "probs", "ratingen_pred", "error"] + [c for c in [*optional, "crop"] if c in present]
     prints, predictions = [], []
     for _, _, batch in storage.iter_batches(scores, columns, 65_536, options):
         batch = batch.filter(pc.and_(pc.is_null(batch["error"]), pc.is_valid(batch["fingerprint"])))
@@ -95,6 +96,8 @@ def load(scores: str, options: storage.StorageOptions | None = None) -> Carry:
         for name, column in optional.items():
             if name in present:
                 values[:, column] = pc.cast(batch[name], pa.float32()).to_numpy(zero_copy_only=False)
+        if "crop" in present:
+            values[:, SCORE_CROP] = schema.crop_values(batch["crop"])
         predictions.append(values)
     if not prints:
         return Carry.of(np.zeros((0, SIZE), np.uint8), np.zeros((0, SCORE_WIDTH), np.float32))

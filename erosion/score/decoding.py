@@ -14,14 +14,15 @@ import pyarrow as pa
 
 from erosion.core import domain, schema
 from erosion.core.schema import SCORE_WIDTH
-from erosion.registry.preprocess import letterbox
+from erosion.registry.preprocess import letterbox_measured
 from erosion.score.carry import SIZE, Carry, fingerprints, fixed_binary_view
 
 
 def decode_batch(batch: pa.Table, size: int, crash_once: str | None = None, carry: Carry | None = None) -> pa.Table:
     """The batch's key columns, ``pixels`` (fixed-size binary of size * size uint8), ``error``, ``fingerprint``,
     ``carried`` (an earlier run's predictions where ``carry`` knows the fingerprint, else null) and
-    ``source_file`` (the batch's ``path`` column, where the read included it).
+    ``source_file`` (the batch's ``path`` column, where the read included it) and ``crop`` (the statistics of each
+    crop decoded, ``schema.CROP``'s fields in order; NaN where none was decoded).
 
     A carried row is not decoded. ``crash_once`` is for tests: a marker file; the first task to find it
     missing creates it and its worker dies, as a worker lost mid-task would.
@@ -34,12 +35,13 @@ def decode_batch(batch: pa.Table, size: int, crash_once: str | None = None, carr
     prints, present = fingerprints(keys[0], images)
     found = carry.find(prints) if carry is not None else np.full(batch.num_rows, -1)
     pixels = np.zeros((batch.num_rows, size, size), dtype=np.uint8)
+    measured = np.full((batch.num_rows, len(schema.CROP)), np.nan, dtype=np.float32)
     errors: list[str | None] = []
     for i, data in enumerate(images):
         error = row_problem(*(column[i] for column in keys))
         if error is None and found[i] < 0:
             try:
-                pixels[i] = letterbox(data or b"", size)
+                pixels[i], measured[i] = letterbox_measured(data or b"", size)
             except ValueError as problem:
                 error = str(problem)
         errors.append(error)
@@ -58,6 +60,7 @@ def decode_batch(batch: pa.Table, size: int, crash_once: str | None = None, carr
             pa.FixedSizeListArray.from_arrays(pa.array(carried.ravel()), SCORE_WIDTH, mask=pa.array(~is_carried)),
         )
         .append_column("source_file", source)
+        .append_column("crop", pa.FixedSizeListArray.from_arrays(pa.array(measured.ravel()), len(schema.CROP)))
     )
 
 

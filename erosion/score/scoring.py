@@ -270,6 +270,8 @@ class Scorer:
             pixels = decoding.pixel_view(batch["pixels"], self.size)[ok]
             patients = np.asarray(batch["patient_id"].to_pylist(), dtype=object)[ok]
             scored[ok] = self._score(pixels, patients)
+            measured = batch["crop"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            scored[ok, schema.SCORE_CROP] = measured.reshape(-1, len(schema.CROP))[ok]
         if carried.any():
             flat = batch["carried"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
             scored[carried] = flat.reshape(-1, schema.SCORE_WIDTH)
@@ -359,6 +361,7 @@ def score_rows(batch: pa.Table, scored: np.ndarray, run_id: str, model_version: 
         batch["source_file"],
         pa.array(in_sample == 1, mask=np.isnan(in_sample) | mask),
         pa.array(spread.astype(np.float32), mask=np.isnan(spread) | mask),
+        schema.crop_column(np.where(mask[:, None], np.nan, scored[:, schema.SCORE_CROP])),
     ]
     return pa.Table.from_arrays(columns, schema=schema.SCORES)
 

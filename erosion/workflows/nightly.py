@@ -25,7 +25,7 @@ from erosion.core.settings import setting
 from erosion.core.split import SPLITS
 from erosion.io import runs, storage
 from erosion.model import checkpoint
-from erosion.report import report
+from erosion.report import monitoring, report
 from erosion.score import scoring
 
 
@@ -38,6 +38,10 @@ class NightlyConfig:
     )
     ratings: str = setting("for the agreement report")
     report_split: str = setting("the report's joints: all, or one patient split", "all", choices=("all", *SPLITS))
+    monitor: monitoring.MonitorConfig = setting(
+        "what the night is compared with, and the alert thresholds", factory=monitoring.MonitorConfig
+    )
+    fail_on_alert: bool = setting("exit non-zero (3) after committing a night that raised an alert", False)
 
 
 @dataclass(frozen=True)
@@ -68,21 +72,36 @@ def nightly(config: NightlyConfig) -> NightlyResult:
         settings = dataclasses.replace(base, run_id=run_id, carry_from=carry_from)
         scored = scoring.score_into(settings, attempt, inputs)
         scored_at = time.monotonic()
+        monitored = monitoring.monitor(config.monitor, scored.manifest, attempt.url, base.out, options)
+        watched = dataclasses.replace(
+            scored.manifest,
+            alerts=[alert.to_json() for alert in monitored.alerts],
+            monitored_against=monitored.reference,
+            outputs=scored.manifest.outputs
+            | {"monitoring": attempt.output("monitoring/"), "drift": attempt.output("drift/")},
+        )
+        monitored_at = time.monotonic()
         reported = report.build(
             report.ReportConfig(scores=attempt.run, ratings=config.ratings, split=config.report_split, options=options),
             f"{attempt.url}/report",
-            run=scored.manifest,
+            run=watched,
         )
         manifest = dataclasses.replace(
-            scored.manifest,
+            watched,
             kind="nightly",
             ratings=config.ratings,
             raters=reported.raters,
-            outputs=scored.manifest.outputs | {"report": attempt.output("report/report.html")},
-            config=scored.manifest.config | {"ratings": config.ratings, "report_split": config.report_split},
+            outputs=watched.outputs | {"report": attempt.output("report/report.html")},
+            config=scored.manifest.config
+            | {
+                "ratings": config.ratings,
+                "report_split": config.report_split,
+                "monitor": dataclasses.asdict(config.monitor),
+            },
             seconds={
                 "scoring": round(scored_at - began, 3),
-                "report": round(time.monotonic() - scored_at, 3),
+                "monitoring": round(monitored_at - scored_at, 3),
+                "report": round(time.monotonic() - monitored_at, 3),
                 "total": round(time.monotonic() - began, 3),
             },
             committed_at=runs.now(),

@@ -168,13 +168,31 @@ def nightly(result: NightlyResult) -> str:
     if not result.ran:
         return (
             f"run {m.run_id} is committed already, with model {m.model_version[:12]} and these inputs\n"
-            f"    nothing to do: {result.run}"
+            f"    nothing to do: {result.run}\n{alerts(m)}"
         )
     return (
         f"night {m.run_id}: {m.rows['total']} rows, {_by_model(m)} scored by model {m.model_version[:12]}, "
         f"{m.rows['carried']} carried over from {m.carried_from or 'no earlier run'}, {m.rows['failed']} failed; "
-        f"{m.rows['visits']} visits; {m.seconds['total']:.1f} s\n{report(result.report)}\n    committed to {result.run}"
+        f"{m.rows['visits']} visits; {m.seconds['total']:.1f} s\n{report(result.report)}\n{alerts(m)}\n"
+        f"    committed to {result.run}"
     )
+
+
+SHOWN_ALERTS = 12
+
+
+def alerts(m: RunManifest) -> str:
+    """A night's monitoring alerts, one a line, or that there were none (and against what)."""
+    if not m.monitored_against:
+        return "    monitoring: no earlier night to compare with"
+    against = f"{len(m.monitored_against)} reference night(s) ({', '.join(m.monitored_against)})"
+    if not m.alerts:
+        return f"    monitoring: no alert against {against}"
+    shown = [f"      ALERT {a['message']}" for a in m.alerts[:SHOWN_ALERTS]]
+    more = [f"      ... and {len(m.alerts) - SHOWN_ALERTS} more (the manifest's alerts, drift/)"] * (
+        len(m.alerts) > SHOWN_ALERTS
+    )
+    return "\n".join([f"    monitoring: {len(m.alerts)} alert(s) against {against}:", *shown, *more])
 
 
 def runs(found: Sequence[RunManifest], out: str) -> str:
