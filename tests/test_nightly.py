@@ -38,7 +38,9 @@ def test_carry_finds_exactly_the_fingerprints_it_holds():
     assert not present.any() and (carry.Carry.of(prints[:0], probs[:0]).find(prints) == -1).all()
 
 
-def test_carry_takes_the_percent_and_the_crop_statistics_where_the_scores_have_them_and_nan_where_they_predate_them(tmp_path):
+def test_carry_takes_the_percent_and_the_crop_statistics_where_the_scores_have_them_and_nan_where_they_predate_them(
+    tmp_path,
+):
     prints, _ = carry.fingerprints(["a/mcp1", "b/mcp1", "c/mcp1"], [b"1", b"2", b"3"])
     probs = np.eye(6, dtype=np.float32)[:3]
     columns = {
@@ -156,7 +158,7 @@ def test_the_second_night_carries_every_scored_joint_over_with_the_same_scores(n
     for name in ("scores", "rau", "report"):
         assert os.path.exists(m2.path(name)), name
     assert os.path.exists(f"{os.path.dirname(m2.path('report'))}/agreement.parquet")
-    assert m2.kind == "nightly" and set(m2.seconds) == {"scoring", "report", "total"}
+    assert m2.kind == "nightly" and set(m2.seconds) == {"scoring", "report", "monitoring", "total"}
     assert sum(f["rows"] for f in m2.inputs.values()) == m2.rows["total"]
     assert {"python", "ray", "torch", "pyarrow"} <= set(m2.versions)
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from erosion.cli import flags
 from erosion.io import leases, runs, storage
 from erosion.registry import ingest, synth, validate
-from erosion.report import queue, report
+from erosion.report import queue, report, trends
 from erosion.score import scoring
 from erosion.train import evaluate, experiments, training
 from erosion.workflows import benchmark, demo, nightly, printing
@@ -51,6 +51,7 @@ def parser() -> argparse.ArgumentParser:
         flags.add(commands.choices[name], storage.StorageOptions)
     commands.choices["experiment"].add_argument("kind", choices=experiments.KINDS, help=experiments.KINDS_HELP)
     commands.choices["runs"].add_argument("--out", required=True, help="the folder the runs were committed to")
+    commands.choices["runs"].add_argument("--html", help="also write runs.html here: the nights' monitoring figures")
     return top
 
 
@@ -81,7 +82,7 @@ _COMMANDS: dict[str, tuple[str, type, Callable, bool]] = {
     "nightly": ("one dated run: score (carrying unchanged joints over), Rau, report", nightly.NightlyConfig,
                 lambda c, _: _nightly(c), True),
     "runs": ("the committed runs under a folder, with their counts", storage.StorageOptions,
-             lambda c, args: printing.runs(runs.committed(args.out, c), args.out), False),
+             lambda c, args: _runs(args.out, args.html, c), False),
     "benchmark-train": ("training throughput: bare step, augmented step, Ray Train", benchmark.TrainBenchConfig,
                         lambda c, _: printing.figures(benchmark.train_throughput(c)), True),
     "benchmark-score": ("scoring throughput: end to end, model only, decode only, naive", benchmark.ScoreBenchConfig,
@@ -109,6 +110,11 @@ def _run(job: Callable, config: type, ray: bool, args: argparse.Namespace) -> in
 def _validate(config: validate.ValidateConfig) -> tuple[str, int]:
     reports = validate.validate(config)
     return printing.validation(reports), 1 if any(r.problems for r in reports) else 0
+
+
+def _runs(out: str, folder: str | None, options: storage.StorageOptions) -> str:
+    text = printing.runs(runs.committed(out, options), out)
+    return f"{text}\nmonitoring across nights: {trends.write(out, folder, options)}" if folder else text
 
 
 def _nightly(config: nightly.NightlyConfig) -> tuple[str, int]:

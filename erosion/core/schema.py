@@ -60,6 +60,7 @@ CROP = pa.struct(
 )
 """What the decode step measures of a crop as stored (``preprocess.crop_statistics``, in this order)."""
 
+
 def crop_values(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """(N, len(CROP)) float32 of a ``crop`` column (NaN where null)."""
     fields = [pc.struct_field(column, field.name) for field in CROP]
@@ -71,6 +72,7 @@ def crop_column(values: np.ndarray) -> pa.StructArray:
     missing = np.isnan(values).all(axis=1)
     fields = [pa.array(np.nan_to_num(values[:, i]).astype(f.type.to_pandas_dtype())) for i, f in enumerate(CROP)]
     return pa.StructArray.from_arrays(fields, fields=list(CROP), mask=pa.array(missing))
+
 
 KEYS = ["joint_id", "patient_id", "visit_date", "sop_iuid", "body_part", "joint"]
 """The registry's columns other than the image: what every derived table carries."""

@@ -1,12 +1,13 @@
 """Monitoring across nights: what a night's scores and inputs look like, how far they moved, and the alerts.
 
 Each nightly run writes ``monitoring/``, one row per body part and joint type and one for all joints
-(``MONITORING``), each for two scopes: ``all`` the rows of the night's run, ``new`` those the model scored
-tonight (new visits, changed images; not carried over), so that a batch of new visits is seen on its own and
-not diluted by a registry of 10^7 unchanged rows. Each row holds: rows scored, failed (by reason) and carried over; the predicted stage mix, the mean
-probabilities and mean entropy; the statistics the decode step took of each crop as stored (``schema.CROP``:
-size, bit depth, intensity mean and spread, saturated share); fixed-bin histograms of P(eroded) = 1 - P(stage 0),
-the expected stage and the crops' intensity mean and spread; and the per-visit Rau quantiles (all joints' row).
+(``MONITORING``), each for two scopes: ``all`` the rows of the night's run, ``new`` those the model scored tonight
+(new visits, changed images; not carried over), so that a batch of new visits is seen on its own and not diluted
+by a registry of 10^7 unchanged rows. Each row holds: rows scored, failed (by reason) and carried over; the
+predicted stage mix, the mean probabilities and mean entropy; the statistics the decode step took of each crop as
+stored (``schema.CROP``: size, bit depth, intensity mean and spread, saturated share); fixed-bin histograms of
+P(eroded) = 1 - P(stage 0), the expected stage and the crops' intensity mean and spread; and the per-visit Rau
+quantiles (all joints' row).
 One streamed pass over the scores and one over the Rau table: memory does not grow with the registry.
 
 The night is then compared with a reference, the previous ``reference_nights`` committed nights with a
@@ -231,9 +232,7 @@ def summarise(
         table = pa.Table.from_batches([batch])
         if not measured:
             table = table.append_column("crop", pa.nulls(table.num_rows, schema.CROP))
-        where = pc.binary_join_element_wise(
-            pc.fill_null(table["body_part"], ""), pc.fill_null(table["joint"], ""), "/"
-        )
+        where = pc.binary_join_element_wise(pc.fill_null(table["body_part"], ""), pc.fill_null(table["joint"], ""), "/")
         by_key = collections.defaultdict(list)
         for value in pc.unique(where).to_pylist():
             by_key[_group_key(*value.split("/", 1))].append(value)
@@ -335,7 +334,10 @@ def _counts(row: dict, past: list[dict], config: MonitorConfig) -> list[dict]:
     series = {name: (row[name], [night[name] for night in past]) for name in COUNTS}
     reasons = {reason for r in [row, *past] for reason, _ in r["errors"]}
     for reason in sorted(reasons):
-        series[f"failed: {reason}"] = (dict(row["errors"]).get(reason, 0), [dict(n["errors"]).get(reason, 0) for n in past])
+        series[f"failed: {reason}"] = (
+            dict(row["errors"]).get(reason, 0),
+            [dict(n["errors"]).get(reason, 0) for n in past],
+        )
     checks = []
     for name, (value, reference) in series.items():
         low, high = drift.count_band(reference, config.count_sigmas, config.count_floor, config.count_share)
@@ -346,16 +348,20 @@ def _counts(row: dict, past: list[dict], config: MonitorConfig) -> list[dict]:
 
 
 def _check(metric: str, row: dict, value: float, threshold: float, alert: bool, message: str, **more) -> dict:
-    return {
-        "scope": row["scope"],
-        "body_part": row["body_part"],
-        "joint_type": row["joint_type"],
-        "metric": metric,
-        "value": None if np.isnan(value) else float(value),
-        "threshold": None if np.isnan(threshold) else float(threshold),
-        "alert": alert,
-        "message": message,
-    } | {"p_value": None, "low": None} | more
+    return (
+        {
+            "scope": row["scope"],
+            "body_part": row["body_part"],
+            "joint_type": row["joint_type"],
+            "metric": metric,
+            "value": None if np.isnan(value) else float(value),
+            "threshold": None if np.isnan(threshold) else float(threshold),
+            "alert": alert,
+            "message": message,
+        }
+        | {"p_value": None, "low": None}
+        | more
+    )
 
 
 def _pool(nights: list[pa.Table]) -> dict[tuple[str, str], dict]:
@@ -382,4 +388,3 @@ def _group_key(body_part: str, joint: str) -> tuple[str, str]:
 def read(run: runs.RunManifest, name: str, options: storage.StorageOptions | None = None) -> pa.Table:
     """A run's ``monitoring`` or ``drift`` table."""
     return storage.read_table(run.path(name), options=options)
-

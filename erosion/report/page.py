@@ -130,7 +130,7 @@ def alerts_section(run: RunManifest) -> str:
         return f"<h2>Monitoring</h2><p>No alert against the reference nights {against} (drift/).</p>"
     items = "".join(f"<li>{html.escape(a['message'])}</li>" for a in run.alerts)
     return (
-        f'<h2>Monitoring: {len(run.alerts)} alert(s)</h2><p>Against the reference nights {against} (drift/):</p>'
+        f"<h2>Monitoring: {len(run.alerts)} alert(s)</h2><p>Against the reference nights {against} (drift/):</p>"
         f'<ul class="alert">{items}</ul>'
     )
 

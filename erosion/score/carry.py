@@ -13,8 +13,8 @@ scores (``copy``), found by their ``source_file``; the lookup is loaded only whe
 
 The lookup is a sorted array of the fingerprints' first 8 bytes (binary search, vectorised), their full
 16 bytes and their scores (six calibrated probabilities, the CDF head's %, the spread over fold models, the
-model's own stage, in-sample, the crop's statistics): about 88 bytes a joint, shared through Ray's object store. Columns that scores
-written by earlier versions lack read as NaN.
+model's own stage, in-sample, the crop's statistics): about 88 bytes a joint, shared through Ray's object
+store. Columns that scores written by earlier versions lack read as NaN.
 """
 
 from __future__ import annotations
