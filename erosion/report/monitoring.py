@@ -10,13 +10,14 @@ P(eroded) = 1 - P(stage 0), the expected stage and the crops' intensity mean and
 quantiles (all joints' row).
 One streamed pass over the scores and one over the Rau table: memory does not grow with the registry.
 
-The night is then compared with a reference, the previous ``reference_nights`` committed nights with a
-monitoring table (or one pinned run), their ``all`` rows pooled (``erosion.core.drift``); tonight's ``all`` and
-``new`` rows alike are compared with it: the PSI (alerting) and the
-Jensen-Shannon distance (beside it) of the stage mix, Kolmogorov-Smirnov of each histogram (alerting where D and
-p both pass their thresholds), and the counts of rows and failed rows (in total and by reason) against mean +-
-3 sd of the reference nights. A new model version is an alert of its own. Every comparison is a row of
-``drift/``; those over a threshold are the run's alerts (its manifest's ``alerts``, the report page).
+The night is then compared with a reference: the previous ``reference_nights`` committed nights with a
+monitoring table scored by the same model version (where there are none, by any: a new model's first night is
+compared with the old model's nights), or one pinned run; their ``all`` rows pooled (``erosion.core.drift``).
+Tonight's ``all`` and ``new`` rows alike are compared with it: the PSI (alerting) and the Jensen-Shannon distance
+(beside it) of the stage mix, Kolmogorov-Smirnov of each histogram (alerting where D and p both pass their
+thresholds), and the counts of rows and failed rows (in total and by reason) against mean +- 3 sd of the
+reference nights. A new model version is an alert of its own. Every comparison is a row of ``drift/``; those over
+a threshold are the run's alerts (its manifest's ``alerts``, the report page).
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ DRIFT = pa.schema(
 class MonitorConfig:
     """What a night is compared with and when it alerts (the defaults stay quiet on an unchanged registry)."""
 
-    reference_nights: int = setting("the reference: the previous N committed nights", 5)
+    reference_nights: int = setting("the reference: the previous N committed nights of the same model", 5)
     reference_run: str = setting("a pinned reference run instead (a committed nightly run)", "")
     psi: float = setting("alert when the stage mix's population stability index exceeds this", 0.2)
     ks: float = setting("alert when a Kolmogorov-Smirnov D exceeds this (and its p is below --ks-p)", 0.1)
@@ -213,7 +214,7 @@ def monitor(
     """Summarise the night's run (its scores and Rau tables, committed or not), compare it with the reference
     nights under ``out`` and write ``monitoring/`` and ``drift/`` into ``folder``."""
     table = summarise(night.path("scores"), night.path("rau"), night.run_id, night.model_version, options)
-    nights = reference(out, night.run_id, config, options)
+    nights = reference(out, night.run_id, night.model_version, config, options)
     compared, alerts = compare(table, [read(m, "monitoring", options) for m in nights], config)
     for name, content in (("monitoring", table), ("drift", compared)):
         with storage.TableWriter(f"{folder}/{name}", content.schema, options=options) as writer:
@@ -261,16 +262,21 @@ def summarise(
     return pa.Table.from_pylist(rows, schema=MONITORING)
 
 
-def reference(out: str, run_id: str, config: MonitorConfig, options: storage.StorageOptions | None = None) -> list:
-    """The reference nights' manifests: the pinned run, or the last ``reference_nights`` committed runs under
-    ``out`` other than ``run_id`` that have a monitoring table, oldest first."""
+def reference(
+    out: str, run_id: str, model_version: str, config: MonitorConfig, options: storage.StorageOptions | None = None
+) -> list:
+    """The reference nights' manifests, oldest first: the pinned run, or else the last ``reference_nights``
+    committed runs under ``out`` other than ``run_id`` that have a monitoring table and were scored by
+    ``model_version``; where none was, the last of any model (the first night of a new model is compared with the
+    old one's nights and alerts; from its second night on it is compared with its own)."""
     if config.reference_run:
         pinned = runs.manifest(config.reference_run, options)
         if "monitoring" not in pinned.outputs:
             raise ValueError(f"the reference run {config.reference_run} has no monitoring table.")
         return [pinned]
     earlier = [m for m in runs.committed(out, options) if m.run_id != run_id and "monitoring" in m.outputs]
-    return earlier[-config.reference_nights :] if config.reference_nights > 0 else []
+    same = [m for m in earlier if m.model_version == model_version]
+    return (same or earlier)[-config.reference_nights :] if config.reference_nights > 0 else []
 
 
 def compare(tonight: pa.Table, nights: list[pa.Table], config: MonitorConfig) -> tuple[pa.Table, list[Alert]]:
