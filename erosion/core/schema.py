@@ -20,6 +20,17 @@ REGISTRY = pa.schema(
     ]
 )
 
+PROVENANCE = [
+    pa.field("photometric_interpretation", pa.string()),  # MONOCHROME1 or MONOCHROME2 as stored
+    pa.field("pixel_spacing_mm", pa.list_(pa.float64(), 2)),  # between rows, columns (Pixel or Imager Pixel Spacing)
+    pa.field("bits_stored", pa.int8()),
+    pa.field("transfer_syntax", pa.string()),
+]
+"""Where a crop came from as DICOM (``erosion ingest``; null for JPEG and PNG crops): beside the registry's columns."""
+
+INGESTED = pa.schema([*REGISTRY, *PROVENANCE])
+"""What ``erosion ingest`` writes: the registry contract and the DICOM provenance."""
+
 RATINGS = pa.schema(
     [
         pa.field("joint_id", pa.string(), nullable=False),

@@ -7,10 +7,12 @@ Two CSV shapes are read:
 * wide: one row per radiograph with a column per joint (``hand_left_1`` .. ``hand_left_10``), as
   registries export them (the thesis's main data set).
 
-Which CSV column means what is a :class:`ColumnMap`, read from a JSON file, never buried in code. Crops
-are found by a file-name template (``{sop_iuid}_{joint}.jpg`` by default). A row with a missing or
-unreadable image, an unparsable date, an unknown joint or a label out of range goes to the error report
-with its CSV line and reason; everything else is ingested.
+Which CSV column means what is a :class:`ColumnMap`, read from a JSON file, never buried in code. Crops are found
+by a file-name template (``{sop_iuid}_{joint}.jpg`` by default); a crop that is a DICOM file (by its content,
+whatever its name) becomes a PNG of its displayed grey values (``erosion.registry.dicom``) with its provenance in
+the registry's extra columns (``schema.PROVENANCE``). A row with a missing or unreadable image, an unparsable
+date, an unknown joint or a label out of range goes to the error report with its CSV line and reason; everything
+else is ingested.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import pyarrow as pa
 from erosion.core import domain, schema
 from erosion.core.settings import setting
 from erosion.io import runs, storage
+from erosion.registry import dicom
 from erosion.registry.preprocess import letterbox
 
 
@@ -121,7 +124,7 @@ def ingest(config: IngestConfig, options: storage.StorageOptions | None = None) 
     check_csv(config.labels, options)  # a malformed CSV is refused before anything is written
     out = config.out.rstrip("/")
     images_fs, images_path = storage.filesystem(config.images, options)
-    registry = storage.TableWriter(f"{out}/registry", schema.REGISTRY, config.rows_per_file, options)
+    registry = storage.TableWriter(f"{out}/registry", schema.INGESTED, config.rows_per_file, options)
     ratings = storage.TableWriter(f"{out}/ratings", schema.RATINGS, 10 * config.rows_per_file, options)
     errors = storage.TableWriter(f"{out}/ingest_errors", ERRORS, 10 * config.rows_per_file, options)
     seen_images: set[str] = set()
@@ -139,20 +142,10 @@ def ingest(config: IngestConfig, options: storage.StorageOptions | None = None) 
                     raise _RowError(record.column, f"duplicate label of {record.joint_id!r} by {record.rater!r}")
                 if record.joint_id not in seen_images:
                     image = _read_image(images_fs, posixpath.join(images_path, _image_name(config, record)), rating)
-
                     if image is None:
                         continue  # a joint that is neither labelled nor imaged is not in the export
-                    joints.append(
-                        (
-                            record.joint_id,
-                            record.patient_id,
-                            visit_date,
-                            record.sop_iuid,
-                            record.body_part,
-                            record.joint,
-                            image,
-                        )
-                    )
+                    keys = (record.joint_id, record.patient_id, visit_date, record.sop_iuid, record.body_part)
+                    joints.append((*keys, record.joint, *image))
                     seen_images.add(record.joint_id)
                 if rating is not None:
                     labels.append((record.joint_id, record.rater, *rating))
@@ -281,16 +274,21 @@ def _image_name(config: IngestConfig, record: _Record) -> str:
     return name
 
 
-def _read_image(fs, path: str, rating: tuple | None) -> bytes | None:
-    """The crop's bytes after a full decode check; None when the joint has neither image nor label."""
+def _read_image(fs, path: str, rating: tuple | None) -> tuple | None:
+    """The crop's bytes (a DICOM file as PNG) and its provenance columns, after a full decode check; None when
+    the joint has neither image nor label."""
     if not fs.exists(path):
         if rating is None:
             return None
         raise _RowError("image", f"image file not found: {path}")
     with fs.open(path, "rb") as f:
         data = f.read()
+    provenance = (None,) * len(schema.PROVENANCE)
     try:
+        if dicom.is_dicom(data):
+            data, source = dicom.to_png(data)
+            provenance = (source.photometric, source.pixel_spacing, source.bits_stored, source.transfer_syntax)
         letterbox(data)  # the same decode that training and scoring will do
     except ValueError as error:
         raise _RowError("image", f"unreadable image {path}: {error}") from None
-    return data
+    return data, *provenance
