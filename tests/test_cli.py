@@ -110,8 +110,8 @@ def test_flags_set_nested_fields_tuples_and_booleans():
     )
     assert config.data.options.region == "x" and config.model.input_size == 150
     synth = flags.build(
-        SynthConfig, parser().parse_args(["synth", "--patients", "1", "--out", "o", "--hands", "hand_left"])
+        SynthConfig, parser().parse_args(["synth", "--patients", "1", "--out", "o", "--body-parts", "hand_left"])
     )
-    assert synth.hands == ("hand_left",)
+    assert synth.body_parts == ("hand_left",)
     with pytest.raises(SystemExit):
         parser().parse_args([*argv, "--arch", "resnet"])  # not one of the choices

@@ -121,7 +121,7 @@ def ray_head(tmp_path: Path) -> Iterator[Head]:
 
 def _registry_and_model(bucket: str) -> tuple[str, str, int]:
     """A one-visit synthetic registry and an untrained reduced model on S3: (registry, model, rows)."""
-    synth.generate(synth.SynthConfig(patients=1, out=f"{bucket}/data", seed=1, hands=("hand_left",), max_visits=1))
+    synth.generate(synth.SynthConfig(patients=1, out=f"{bucket}/data", seed=1, body_parts=("hand_left",), max_visits=1))
     torch.manual_seed(0)
     card = checkpoint.ModelCard(
         "", SMALL_MODEL, epoch=0, history=[], preprocess=checkpoint.preprocess_settings(SMALL_MODEL)

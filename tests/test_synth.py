@@ -8,11 +8,12 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 from PIL import Image
+from scipy.stats import spearmanr
 from sklearn.metrics import cohen_kappa_score
 
 from erosion.core import domain
 from erosion.io import storage
-from erosion.registry import synth
+from erosion.registry import phantom, synth
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +104,39 @@ def test_crops_mix_formats_sizes_and_bit_depths(big_registry):
     assert len(sizes) > 100
 
 
+@pytest.mark.slow
+def test_feet_and_wrists_have_the_class_mix_and_the_raters_of_the_fingers(tmp_path):
+    out = str(tmp_path / "feet")
+    config = synth.SynthConfig(patients=40, out=out, seed=3, body_parts=domain.BODY_PARTS, wrists=True)
+    synth.generate(config)
+    registry = storage.read_table(f"{out}/registry", columns=["joint_id", "sop_iuid", "body_part", "joint"]).to_pandas()
+    per_radiograph = registry.groupby("sop_iuid").agg(part=("body_part", "first"), joints=("joint", frozenset))
+    assert set(per_radiograph["part"]) == set(domain.BODY_PARTS)
+    for part, joints in zip(per_radiograph["part"], per_radiograph["joints"], strict=True):
+        assert joints == set(domain.joints_of(part)), part  # 11 a hand (with the wrist), 5 a foot
+    ratings = storage.read_table(f"{out}/ratings").to_pandas().merge(registry, on="joint_id")
+    feet = ratings[ratings["body_part"].str.startswith("foot")]
+    assert set(feet["rater"]) == {rater.name for rater in synth.RATERS}
+    for kind in ("mtp", "wrist"):  # the registry rater's mix as for fingers: 40 patients, correlated joints
+        stages = ratings[(ratings["rater"] == "registry") & ratings["joint"].str.startswith(kind)]["ratingen"]
+        mix = np.bincount(stages, minlength=6) / len(stages)
+        assert abs(mix[0] - synth.TABLE1_MIX[0]) < 0.08 and abs(mix[1] - synth.TABLE1_MIX[1]) < 0.08, (kind, mix)
+
+
+@pytest.mark.parametrize("joint", ["mtp1", "mtp4", "wrist", "mcp2"])
+def test_a_crops_dark_share_at_the_joint_grows_with_its_true_erosion(joint):
+    # bites cut the bright subchondral plate and bone ends: the centre of the crop darkens as the % grows
+    def dark_share(image):
+        h, w = image.shape
+        centre = image[int(h * 0.3) : int(h * 0.7), int(w * 0.3) : int(w * 0.7)]
+        return (centre < 0.5 * np.percentile(image, 95)).mean()
+
+    rng = np.random.default_rng(0)
+    pct = rng.uniform(0, 100, 80)
+    rho, p = spearmanr(pct, [dark_share(phantom.render_joint(rng, value, joint)) for value in pct])
+    assert rho > 0.3 and p < 1e-3, (rho, p)
+
+
 def test_the_same_seed_gives_the_same_bytes(tmp_path):
     digests = []
     for run in ("a", "b"):
@@ -131,7 +165,7 @@ def test_writes_to_s3(s3_bucket):
 
 _PEAK = """
 import resource, sys
-from erosion.registry import synth
+from erosion.registry import phantom, synth
 synth.generate(synth.SynthConfig(patients=int(sys.argv[1]), out=sys.argv[2], rows_per_file=1000))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """

@@ -1,4 +1,5 @@
-"""Synthetic radiograph crops of single finger joints (MCP, PIP) with a known extent of bone erosion.
+"""Synthetic radiograph crops of single joints (finger PIP and MCP, toe MTP, the wrist) with a known extent of
+bone erosion.
 
 Why: training and testing the scorer needs labelled crops that a CNN sees as joint radiographs, not as
 labelled noise, so each crop is drawn as an X-ray projection of a simple 3-D anatomy.
@@ -10,6 +11,9 @@ A radiograph sums the path length through each tissue, so the shell shows as a b
 edges and the subchondral plate as a bright line along each articular surface. Soft tissue is a wider
 cylinder, a little swollen at the joint, on a dark background. The anatomy (one of 16 variants per joint
 kind, scaled), exposure, tone curve, noise, blur, rotation, size, aspect ratio and centring vary per crop.
+An MTP joint is drawn as an MCP with a rounder, larger metatarsal head and slimmer shafts; the wrist as the
+radiocarpal joint: the broad, nearly flat end of the radius against the carpal row (a broad bone without a
+shaft) across a wider joint space; the first ray (thumb, big toe) is wider.
 
 Erosion: the articular surfaces of both bones together are cut by "bites" whose total length is
 ``erosion_pct`` % of the surfaces, preferring the margins (the bare areas), deeper as the percentage
@@ -29,12 +33,14 @@ import math
 
 import numpy as np
 
+from erosion.core import domain
+
 _LUT = 512  # samples of each 1-D profile
 _U = np.linspace(-3.0, 3.0, _LUT)  # across the finger, in joint units (1: about half the crop's shorter side)
 _V = np.linspace(-4.5, 2.5, _LUT)  # along it from the joint line, towards the wrist: > 0 is the proximal bone
 _LOWS = np.float32([_U[0], _V[0]])[:, None, None]
 _SCALES = np.float32([(_LUT - 1) / (_U[-1] - _U[0]), (_LUT - 1) / (_V[-1] - _V[0])])[:, None, None]
-_SURFACE = slice(*np.searchsorted(_U, [-0.7, 0.7]))  # the part of _U that articular surfaces can cover
+_SURFACE = slice(*np.searchsorted(_U, [-1.1, 1.1]))  # the part of _U that articular surfaces can cover
 # Raggedness of the floors of big bites: a fixed irregular profile, of which each crop takes a random window.
 _RAGGED = (1.0 + 0.2 * np.sin(np.arange(2 * _LUT) * 0.23) * np.sin(np.arange(2 * _LUT) * 0.061)).astype(np.float32)
 _SHELL, _PLATE, _CORE = 7.0, 3.3, 2.0  # X-ray densities relative to soft tissue: cortex, subchondral plate, core
@@ -43,19 +49,21 @@ _SHELL, _PLATE, _CORE = 7.0, 3.3, 2.0  # X-ray densities relative to soft tissue
 _KINDS = {
     "mcp": (0.56, 0.32, 0.24, 0.55, 0.36, 0.30, 0.11),
     "pip": (0.47, 0.29, 0.10, 0.50, 0.29, 0.12, 0.08),
+    "mtp": (0.62, 0.28, 0.30, 0.52, 0.29, 0.34, 0.10),
+    "wrist": (0.80, 0.60, 0.06, 0.78, 0.74, 0.06, 0.15),
 }
-_JOINTS = tuple(f"{kind}{finger}" for kind in ("pip", "mcp") for finger in range(1, 6))
+_JOINTS = domain.JOINTS
 
 
 def render_joint(rng: np.random.Generator, erosion_pct: float, joint: str) -> np.ndarray:
-    """One synthetic radiograph crop of a finger joint: a 2-D float32 array in [0, 1] (1 = bright bone)."""
+    """One synthetic radiograph crop of a joint (``domain.JOINTS``): a 2-D float32 array in [0, 1] (1 = bright bone)."""
     if joint not in _JOINTS:
         raise ValueError(f"joint must be one of {', '.join(_JOINTS)}; got {joint!r}.")
     if not 0.0 <= erosion_pct <= 100.0:
         raise ValueError(f"erosion_pct must lie in [0, 100]; got {erosion_pct!r}.")
     draw = _Draws(rng)
-    head, base, curve, surfaces, radii = _ANATOMIES[joint[:3]][int(draw(0.0, len(_VARIANTS)))]
-    rows, columns, pixel, shape = _frame(draw, draw(0.9, 1.1) * (1.1 if joint.endswith("1") else 1.0))  # thumb wider
+    head, base, curve, surfaces, radii = _ANATOMIES[domain.joint_type(joint).lower()][int(draw(0.0, len(_VARIANTS)))]
+    rows, columns, pixel, shape = _frame(draw, draw(0.9, 1.1) * (1.1 if joint.endswith("1") else 1.0))  # first ray
     work = np.empty((9, rows.shape[1], columns.shape[1]), np.float32)  # one allocation for the full-size arrays
     frame, u2, looked_up, chords = work[0:2], work[2], work[3:6], work[6:9]
 

@@ -42,7 +42,7 @@ TABLE1_MIX = (0.675, 0.272, 0.023, 0.010, 0.006, 0.014)
 """Ratingen class mix of the source registry's 102,265 left-hand crops (Rohrbach et al. 2019, Table 1)."""
 
 HAND_JOINTS = tuple(j for j in domain.HAND_JOINTS if j != "wrist")
-"""The ten finger joints of a hand radiograph that the registry crops."""
+"""The ten finger joints of a hand radiograph that the registry crops (and the wrist with ``wrists``)."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,13 @@ class SynthConfig:
         "stage 0..5 fractions of the registry rater's stages over all joints (the true mix follows from it)",
         TABLE1_MIX,
     )
-    hands: tuple[str, ...] = setting("comma-separated; one radiograph per hand per visit", ("hand_left", "hand_right"))
+    body_parts: tuple[str, ...] = setting(
+        "comma-separated (hand_left, hand_right, foot_left, foot_right); one radiograph of each per visit",
+        ("hand_left", "hand_right"),
+    )
+    wrists: bool = setting(
+        "also the wrist among each hand's joints (the Rau score's; off: the paper's finger crops)", False
+    )
     max_visits: int = setting("visits per patient are uniform in 1..max_visits, months to years apart", 6)
     rescored_fraction: float = setting("chance that the two re-scorers also rate a radiograph", 0.1)
     rescore_enrichment: float = setting(
@@ -131,29 +137,29 @@ def patient_tables(config: SynthConfig, index: int, cumulative: np.ndarray) -> d
     rng = np.random.default_rng([config.seed, index])
     patient_id = "p" + hashlib.blake2b(f"{config.seed}/{index}".encode(), digest_size=6).hexdigest()
     visits = _visit_dates(rng, int(rng.integers(1, config.max_visits + 1)))
-    pct = _erosion_trajectories(rng, len(visits), len(config.hands) * len(HAND_JOINTS), cumulative)
+    parts = [(part, radiograph_joints(part, config.wrists)) for part in config.body_parts]
+    pct = _erosion_trajectories(rng, len(visits), sum(len(joints) for _, joints in parts), cumulative)
     registry, truth, ratings = [], [], []
     for v, visit in enumerate(visits):
-        for h, hand in enumerate(config.hands):
+        start = 0
+        for part, joints in parts:
+            part_pct = pct[v, start : start + len(joints)]
+            start += len(joints)
             sop_iuid = "2.25." + str(
-                int(hashlib.blake2b(f"{patient_id}/{v}/{hand}".encode(), digest_size=15).hexdigest(), 16)
+                int(hashlib.blake2b(f"{patient_id}/{v}/{part}".encode(), digest_size=15).hexdigest(), 16)
             )
-            enrich = (
-                config.rescore_enrichment if pct[v, h * len(HAND_JOINTS) : (h + 1) * len(HAND_JOINTS)].max() > 20 else 1
-            )
+            enrich = config.rescore_enrichment if part_pct.max() > 20 else 1
             raters = RATERS if rng.random() < config.rescored_fraction * enrich else RATERS[:1]
-            for j, joint in enumerate(HAND_JOINTS):
-                true_pct = float(pct[v, h * len(HAND_JOINTS) + j])
+            for joint, true_pct in zip(joints, part_pct.tolist(), strict=True):
                 joint_id = f"{sop_iuid}/{joint}"
                 pixels = render_joint(rng, true_pct, joint)
                 if config.exposure != 1.0:
                     pixels = np.clip(pixels * np.float32(config.exposure), 0.0, 1.0)
                 image = _encode(rng, pixels, config.jpeg_share)
-                registry.append((joint_id, patient_id, visit, sop_iuid, hand, joint, image))
+                registry.append((joint_id, patient_id, visit, sop_iuid, part, joint, image))
                 truth.append((joint_id, true_pct, domain.ratingen_stage(true_pct)))
-            hand_pct = pct[v, h * len(HAND_JOINTS) : (h + 1) * len(HAND_JOINTS)]
             for rater in raters:
-                for joint, read in zip(HAND_JOINTS, _read(rng, rater, hand_pct).tolist(), strict=True):
+                for joint, read in zip(joints, _read(rng, rater, part_pct).tolist(), strict=True):
                     ratings.append((f"{sop_iuid}/{joint}", rater.name, read, domain.ratingen_stage(read)))
     tables = {
         "registry": _table(registry, schema.REGISTRY),
@@ -164,6 +170,14 @@ def patient_tables(config: SynthConfig, index: int, cumulative: np.ndarray) -> d
         rng = np.random.default_rng([config.seed, index, 1])  # its own stream: the rest stays byte for byte the same
         tables["ratings"], tables["corrupted"] = corrupt(tables["ratings"], RATERS[0].name, config.corrupt_share, rng)
     return tables
+
+
+def radiograph_joints(body_part: str, wrists: bool = False) -> tuple[str, ...]:
+    """The joints the registry crops from one radiograph of ``body_part``: a hand's ten finger joints (and its
+    wrist), a foot's five MTP joints."""
+    if body_part.startswith("foot"):
+        return domain.FOOT_JOINTS
+    return HAND_JOINTS + (("wrist",) if wrists else ())
 
 
 def corrupt(ratings: pa.Table, rater: str, share: float, rng: np.random.Generator) -> tuple[pa.Table, pa.Table]:
@@ -289,9 +303,10 @@ def _check(config: SynthConfig) -> None:
         raise ValueError(
             f"class_mix must be {domain.NUM_STAGES} non-negative fractions summing to 1, got {config.class_mix}."
         )
-    for hand in config.hands:
-        if hand not in ("hand_left", "hand_right"):
-            raise ValueError(f"hands must be hand_left and/or hand_right, got {hand!r}.")
+    unknown = [part for part in config.body_parts if part not in domain.BODY_PARTS]
+    if unknown or not config.body_parts or len(set(config.body_parts)) < len(config.body_parts):
+        known = ", ".join(domain.BODY_PARTS)
+        raise ValueError(f"body_parts must be distinct ones of {known}; got {config.body_parts}.")
     if not config.exposure > 0:
         raise ValueError(f"exposure must be > 0, got {config.exposure}.")
     if not 0 <= config.corrupt_share < 1:
