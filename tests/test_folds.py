@@ -12,6 +12,7 @@ from conftest import SMALL_MODEL
 from sklearn.metrics import balanced_accuracy_score
 
 from erosion.core import schema
+from erosion.core.domain import mirrored
 from erosion.core.split import SPLITS, fold_of, member, split_of
 from erosion.io import runs, storage
 from erosion.model import calibration, checkpoint
@@ -87,7 +88,7 @@ def test_a_fold_set_scores_each_joint_with_the_model_that_never_saw_its_patient(
     sample = list(scores.index[:: max(1, len(scores) // 40)]) + list(new["joint_id"][:3])
     for joint_id in sample:
         row = scores.loc[joint_id]
-        pixels = letterbox(images[joint_id], 64)[None]
+        pixels = letterbox(images[joint_id], 64, mirrored(card.preprocess, row["body_part"]))[None]
         each = []
         for network, fold_card in members:
             raw = probabilities(network, pixels)[0].astype(np.float64)

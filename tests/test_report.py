@@ -83,7 +83,7 @@ def test_the_statistics_equal_scikit_learn_and_pingouin_on_an_independent_join(s
     stages, model = _stages(scored)
     pairs = pd.read_parquet(f"{made}/agreement.parquet")
     confusion = pd.read_parquet(f"{made}/confusion.parquet")
-    humans = sorted(c for c in stages.columns if c not in ("joint", model))
+    humans = sorted(c for c in stages.columns if c not in (*tables.LABELS, model))
     checked = 0
     for subset, mask in ((ALL_JOINTS, stages["joint"].notna()), ("MCP", stages["joint"].str.startswith("mcp"))):
         for reference in humans:

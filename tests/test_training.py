@@ -43,12 +43,13 @@ def _config(registry: str, out: str, name: str, **changes) -> training.TrainConf
 
 
 def _split(registry: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels and registry-rater stages of one split, read in this process without Ray."""
-    rows = storage.read_table(f"{registry}/registry", ["joint_id", "patient_id", "image"]).to_pandas()
+    """Pixels (right hands mirrored, as training's) and registry-rater stages of one split, read without Ray."""
+    rows = storage.read_table(f"{registry}/registry", ["joint_id", "patient_id", "body_part", "image"]).to_pandas()
     ratings = storage.read_table(f"{registry}/ratings").to_pandas()
     stages = ratings[ratings["rater"] == "registry"].set_index("joint_id")["ratingen"]
     rows = rows[rows["patient_id"].map(lambda p: split_of(p, 0)) == split]
-    pixels, errors = letterbox_batch(rows["image"].tolist(), SMALL_MODEL.input_size)
+    mirror = rows["body_part"].str.endswith("_right").tolist()  # as the trained models see them (mirror: right)
+    pixels, errors = letterbox_batch(rows["image"].tolist(), SMALL_MODEL.input_size, mirror)
     assert not any(errors)
     return pixels, stages.loc[rows["joint_id"]].to_numpy()
 

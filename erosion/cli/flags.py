@@ -2,7 +2,8 @@
 
 Every field becomes ``--field-name`` (or its ``flag``), with the field's default, help and choices; a nested
 config's fields become flags of their own, and a field that is ``parse``d takes text (a file name, say).
-Booleans take ``--name`` / ``--no-name``, tuples comma-separated values.
+Booleans take ``--name`` / ``--no-name``, tuples comma-separated values; a ``repeat`` flag may be given more
+than once (its values joined by commas).
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ def add(parser: argparse.ArgumentParser, config: type, defaults: Any = None) -> 
             options["metavar"] = flag.upper().replace("-", "_")
             if not meta.get("parse"):
                 options["type"] = _parser(kind)
+            if meta.get("repeat"):
+                options["action"] = "append"
         if default is dataclasses.MISSING:
             options["required"] = True
         else:
-            options["default"] = None if meta.get("parse") else default
+            options["default"] = None if meta.get("parse") or meta.get("repeat") else default
         if meta.get("choices"):
             options["choices"] = meta["choices"]
             options.pop("metavar", None)
@@ -59,6 +62,9 @@ def build(config: type, args: argparse.Namespace) -> Any:
         elif meta.get("parse"):
             if getattr(args, f.name) is not None:
                 values[f.name] = meta["parse"](getattr(args, f.name))
+        elif meta.get("repeat"):
+            given = getattr(args, f.name)
+            values[f.name] = ",".join(given) if given is not None else _default(f, None)
         else:
             values[f.name] = getattr(args, f.name)
     return config(**values)

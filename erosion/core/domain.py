@@ -44,6 +44,17 @@ def joints_of(body_part: str) -> tuple[str, ...]:
     return HAND_JOINTS if body_part.startswith("hand") else FOOT_JOINTS
 
 
+MIRROR_RIGHT = "right"
+"""A model's pre-processing ``mirror`` setting: crops of the right side flipped left-right before the model."""
+
+
+def mirrored(settings: dict, body_part: str | None) -> bool:
+    """Whether a crop of ``body_part`` is flipped left-right for a model with these pre-processing settings (its
+    card's ``preprocess``): right hands and feet to the left orientation, so that one model learns one anatomy. A
+    model from before the setting existed sees every crop as stored."""
+    return settings.get("mirror") == MIRROR_RIGHT and str(body_part).endswith("_right")
+
+
 def joint_problem(body_part: str | None, joint: str | None) -> str | None:
     """Why (body_part, joint) is not a valid pair of the vocabulary, or None when it is."""
     if body_part not in BODY_PARTS:

@@ -20,10 +20,12 @@ def setting(
     choices: Sequence[str] = (),
     parse: Callable[[str], Any] | None = None,
     cli: bool = True,
+    repeat: bool = False,
 ) -> Any:
     """A dataclass field with its help text; ``flag`` renames the flag, ``parse`` turns the flag's text into the
-    value (a nested config read from a file, say), ``cli=False`` keeps the field off the command line."""
-    metadata = {"help": help, "flag": flag, "choices": tuple(choices), "parse": parse, "cli": cli}
+    value (a nested config read from a file, say), ``cli=False`` keeps the field off the command line, ``repeat``
+    lets a text flag be given more than once (the values joined by commas)."""
+    metadata = {"help": help, "flag": flag, "choices": tuple(choices), "parse": parse, "cli": cli, "repeat": repeat}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)

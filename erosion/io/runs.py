@@ -46,8 +46,9 @@ class RunManifest:
     )  # counts; a scoring run's: total, scored, failed, carried, visits
     seconds: dict[str, float] = field(default_factory=dict)  # wall time by phase, and "total"
     config: dict = field(default_factory=dict)  # the settings it was made with (injected faults never)
-    model: str = ""  # the checkpoint scored with
+    model: str = ""  # the checkpoint scored with (or each body part's: ``models``)
     model_version: str = ""
+    models: dict[str, dict] = field(default_factory=dict)  # body part -> its model folder, version and joints
     model_epoch: int = -1
     registry: str = ""
     ratings: str = ""

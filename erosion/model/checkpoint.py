@@ -6,8 +6,8 @@ A checkpoint is a folder (local or ``s3://``) of three files:
 - ``optimizer.pt``: the optimizer's state, so that training can resume (scoring ignores it);
 - ``card.json``: the model version, the architecture's config, the class order, the pre-processing
   settings, the training config, the epoch, the metrics history of every epoch up to it, and the pretrained
-  weights training started from (their file and SHA-256; none: random weights), and the calibration fitted
-  after training;
+  weights training started from (their file and SHA-256; none: random weights), the calibration fitted
+  after training, the body parts and joints it may score, and the trained model it was fine-tuned from;
 - ``patients.parquet``: the patients the model saw in training (their joints' scores are in-sample).
 
 A cross-fitted run's ``model/`` is a fold set: a card without weights that lists the fold models
@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from erosion.core.domain import NUM_STAGES
+from erosion.core.domain import HAND_JOINTS, MIRROR_RIGHT, NUM_STAGES
 from erosion.io import storage
 from erosion.model.network import ModelConfig, build_model
 
@@ -38,6 +38,8 @@ CARD = "card.json"
 WEIGHTS = "weights.pt"
 OPTIMIZER = "optimizer.pt"
 PATIENTS = "patients.parquet"
+FINGER_JOINTS = tuple(j for j in HAND_JOINTS if j != "wrist")
+"""What a model from before the card named its joints was trained on: the finger joints of both hands."""
 
 
 @dataclass
@@ -54,6 +56,9 @@ class ModelCard:
     pretrained: dict | None = None  # {"file", "sha256"} of the weights training started from; None: random
     calibration: dict | None = None  # temperature and prior shift (``calibration``), fitted after training
     members: list[str] = field(default_factory=list)  # a fold set's card: its fold models, relative to the run
+    body_parts: list[str] = field(default_factory=lambda: ["hand_left", "hand_right"])  # what it may score
+    joints: list[str] = field(default_factory=lambda: list(FINGER_JOINTS))  # of those body parts, what it may score
+    init: dict | None = None  # {"model", "model_version"} of the trained model this one was fine-tuned from
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -63,9 +68,22 @@ class ModelCard:
         return cls(**{**content, "model": ModelConfig(**content["model"])})
 
 
-def preprocess_settings(config: ModelConfig) -> dict:
-    """How a crop must be prepared for this model (see :mod:`erosion.registry.preprocess`)."""
-    return {"input_size": config.input_size, "colour": "grey", "fit": "letterbox, black padding", "scale": "1/255"}
+def preprocess_settings(config: ModelConfig, mirror: bool = False) -> dict:
+    """How a crop must be prepared for this model (see :mod:`erosion.registry.preprocess`); ``mirror``: right hands
+    and feet flipped left-right to the left orientation."""
+    settings = {"input_size": config.input_size, "colour": "grey", "fit": "letterbox, black padding", "scale": "1/255"}
+    return settings | ({"mirror": MIRROR_RIGHT} if mirror else {})
+
+
+def prepared(card: ModelCard) -> dict:
+    """How a crop is prepared for the model behind ``card``: its pre-processing settings, with the input size of
+    its architecture where a hand-made card has none."""
+    return {"input_size": card.model.input_size} | card.preprocess
+
+
+def covers(card: ModelCard, body_part: str, joint: str) -> bool:
+    """Whether the model may score this joint: its card names the body part and the joint."""
+    return body_part in card.body_parts and joint in card.joints
 
 
 def model_version(state: dict[str, torch.Tensor], config: ModelConfig) -> str:
@@ -152,6 +170,9 @@ def write_set(run: str, members: list[str], options: storage.StorageOptions | No
         train=first.train | {"folds": len(members)},
         preprocess=first.preprocess,
         members=members,
+        body_parts=first.body_parts,
+        joints=first.joints,
+        init=first.init,
     )
     fs, path = storage.filesystem(f"{root}/model", options)
     fs.makedirs(path, exist_ok=True)

@@ -2,8 +2,10 @@
 
 JPEG or PNG, 8- or 16-bit, grey or colour, any size: the crop becomes grey-scale (16-bit values are
 mapped to 8 bits by 65535 -> 255), is scaled so that its longer side fills ``size`` keeping its aspect
-ratio, and is padded with black on the short side, never stretched. Scaling to [0, 1] happens later,
-on the device that holds the batch, so batches travel as compact uint8.
+ratio, and is padded with black on the short side, never stretched. A model trained with ``mirror: right`` in
+its pre-processing settings sees right hands and feet flipped left-right, in the left orientation, so that one
+model learns one anatomy (``domain.mirrored``). Scaling to [0, 1] happens later, on the device that holds the batch,
+so batches travel as compact uint8.
 """
 
 from __future__ import annotations
@@ -19,18 +21,18 @@ FORMATS = ("JPEG", "PNG")
 """The encodings the registry contract admits."""
 
 
-def letterbox(data: bytes, size: int = INPUT_SIZE) -> np.ndarray:
-    """A (size, size) uint8 grey-scale image from an encoded crop.
+def letterbox(data: bytes, size: int = INPUT_SIZE, mirror: bool = False) -> np.ndarray:
+    """A (size, size) uint8 grey-scale image from an encoded crop, flipped left-right with ``mirror``.
 
     Raises ValueError("<reason>: <detail>") when it cannot: empty image, unsupported format, cannot decode image.
     """
-    return _fit(_to_grey(_open(data)), size)
+    return _fit(_to_grey(_open(data)), size, mirror)
 
 
-def letterbox_measured(data: bytes, size: int = INPUT_SIZE) -> tuple[np.ndarray, np.ndarray]:
+def letterbox_measured(data: bytes, size: int = INPUT_SIZE, mirror: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``letterbox``, and the crop's statistics as stored (``crop_statistics``): what scoring's monitoring reads."""
     image = _open(data)
-    return _fit(_to_grey(image), size), crop_statistics(image)
+    return _fit(_to_grey(image), size, mirror), crop_statistics(image)
 
 
 def crop_statistics(image: Image.Image) -> np.ndarray:
@@ -62,23 +64,27 @@ def _open(data: bytes) -> Image.Image:
         raise ValueError(f"cannot decode image: {error}") from None
 
 
-def _fit(grey: Image.Image, size: int) -> np.ndarray:
-    """The grey crop scaled so that its longer side fills ``size``, padded with black to a square."""
+def _fit(grey: Image.Image, size: int, mirror: bool = False) -> np.ndarray:
+    """The grey crop scaled so that its longer side fills ``size``, padded with black to a square (flipped
+    left-right with ``mirror``)."""
     scale = size / max(grey.size)
     width, height = max(1, round(grey.width * scale)), max(1, round(grey.height * scale))
     canvas = np.zeros((size, size), dtype=np.uint8)
     top, left = (size - height) // 2, (size - width) // 2
     canvas[top : top + height, left : left + width] = np.asarray(grey.resize((width, height), Image.BILINEAR))
-    return canvas
+    return np.ascontiguousarray(canvas[:, ::-1]) if mirror else canvas
 
 
-def letterbox_batch(images: Sequence[bytes | None], size: int = INPUT_SIZE) -> tuple[np.ndarray, list[str | None]]:
-    """Letterbox many crops: (N, size, size) uint8 pixels (black where a crop failed) and each crop's error."""
+def letterbox_batch(
+    images: Sequence[bytes | None], size: int = INPUT_SIZE, mirror: Sequence[bool] | None = None
+) -> tuple[np.ndarray, list[str | None]]:
+    """Letterbox many crops (``mirror``: which to flip left-right): (N, size, size) uint8 pixels (black where a
+    crop failed) and each crop's error."""
     pixels = np.zeros((len(images), size, size), dtype=np.uint8)
     errors: list[str | None] = []
     for i, data in enumerate(images):
         try:
-            pixels[i] = letterbox(data or b"", size)
+            pixels[i] = letterbox(data or b"", size, bool(mirror[i]) if mirror is not None else False)
             errors.append(None)
         except ValueError as error:
             errors.append(str(error))

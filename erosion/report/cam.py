@@ -14,14 +14,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from matplotlib.figure import Figure
 from torch import nn
 from torch.nn import functional
 
-from erosion.io import storage
-from erosion.model import checkpoint
+from erosion.io import runs, storage
+from erosion.model import checkpoint, models
 from erosion.model.network import stage_logits
+from erosion.registry.preprocess import letterbox
 from erosion.report import figures
 
 ELEMENTWISE = (nn.BatchNorm2d, nn.GroupNorm, nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Identity)
@@ -138,6 +141,66 @@ def overlay_png(
         axes[2].set_title("the model's probabilities (rated stage outlined)", fontsize=9)
     fig.suptitle(title, fontsize=10)
     return figures.to_png(fig)
+
+
+def run_crops(
+    run: runs.RunManifest,
+    registry: str,
+    targets: dict[str, int],
+    patients: dict[str, str],
+    options: storage.StorageOptions,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, str]]:
+    """The crops of a few joints of a scoring run (``targets``: joint_id -> the stage to explain), letterboxed as
+    stored, their Grad-CAM heat maps (``heat_maps``) by the model of each joint's body part, and why a joint has
+    none. A model that mirrors a body part's crops sees them mirrored; its maps are mirrored back onto the crop.
+    ValueError when the run's models are no longer the versions it was scored with."""
+    chosen = models.resolve(run.model, options)
+    if chosen.version != run.model_version:
+        raise ValueError(
+            f"the model at {run.model} is version {chosen.version}, but the run was scored with version"
+            f" {run.model_version}: its heat maps would explain another model."
+        )
+    found = crops(registry, list(targets), options)
+    pixels, parts, errors = {}, {}, {}
+    for joint_id in targets:
+        image, part = found.get(joint_id, (None, None))
+        if joint_id not in found:
+            errors[joint_id] = f"not in the registry: {registry}"
+        elif chosen.card(part) is None:
+            errors[joint_id] = f"no model for body part: {part}"
+        else:
+            try:
+                pixels[joint_id], parts[joint_id] = letterbox(image or b"", chosen.input_size), part
+            except ValueError as error:
+                errors[joint_id] = str(error)
+    heat, coverage = {}, chosen.coverage()
+    for part in dict.fromkeys(parts.values()):
+        ids = [j for j in parts if parts[j] == part]
+        mirror = coverage[part]["mirror"]
+        seen = np.stack([pixels[j][:, ::-1] if mirror else pixels[j] for j in ids])
+        stages = np.array([targets[j] for j in ids])
+        maps = heat_maps(chosen.parts[part], np.ascontiguousarray(seen), stages, [patients[j] for j in ids], options)
+        heat |= {j: (m[:, ::-1] if mirror else m) for j, m in zip(ids, maps, strict=True)}
+    return pixels, heat, errors
+
+
+def crops(registry: str, joint_ids: list[str], options: storage.StorageOptions) -> dict[str, tuple[bytes | None, str]]:
+    """The encoded crops and body parts of a few joints: joint ids first, then images only from the files that
+    hold them."""
+    wanted = pa.array(sorted(set(joint_ids)), pa.string())
+    fs, _ = storage.filesystem(registry, options)
+    found: dict[str, tuple[bytes | None, str]] = {}
+    for file in storage.parquet_files(registry, options):
+        ids = storage.iter_file_batches(fs, file, ["joint_id"])
+        if not any(pc.any(pc.is_in(batch.column("joint_id"), wanted)).as_py() for _, batch in ids):
+            continue
+        for _, batch in storage.iter_file_batches(fs, file, ["joint_id", "body_part", "image"], batch_size=256):
+            rows = batch.filter(pc.is_in(batch.column("joint_id"), wanted))
+            pairs = zip(rows.column("image").to_pylist(), rows.column("body_part").to_pylist(), strict=True)
+            found |= dict(zip(rows.column("joint_id").to_pylist(), pairs, strict=True))
+        if len(found) == len(wanted):
+            break
+    return found
 
 
 def heat_maps(

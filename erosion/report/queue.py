@@ -29,9 +29,7 @@ from erosion.core import review
 from erosion.core.domain import NUM_STAGES, joint_type
 from erosion.core.settings import setting
 from erosion.io import runs, storage
-from erosion.model import checkpoint
-from erosion.registry.preprocess import letterbox
-from erosion.report import cam, page, report
+from erosion.report import cam, page
 
 QUEUE_COLUMNS = ["rank", "joint_id", "patient_id", "joint", "rater", "rating", "score", "score_quadratic", "flagged",
                  "confident_stage", "in_sample", "probs"]  # fmt: skip
@@ -266,26 +264,17 @@ def _panels(config: ReviewConfig, run: runs.RunManifest, queue: pd.DataFrame) ->
     if queue.empty:
         return {}
     registry = config.registry or run.registry
-    images = report.crops(registry, queue["joint_id"].tolist(), config.options)
-    size = checkpoint.read_card(run.model, config.options).model.input_size
-    panels: dict[str, bytes | str] = {}
-    pixels = {}
-    for joint_id in queue["joint_id"]:
-        try:
-            pixels[joint_id] = letterbox(images[joint_id] or b"", size)
-        except KeyError:
-            panels[joint_id] = f"not in the registry: {registry}"
-        except ValueError as error:
-            panels[joint_id] = str(error)
-    shown = queue[queue["joint_id"].isin(list(pixels))]
-    if shown.empty:
-        return panels
-    probs = _probs(shown).astype(np.float64)
-    crops = np.stack([pixels[j] for j in shown["joint_id"]])
-    heat = cam.heat_maps(run.model, crops, probs.argmax(axis=1), shown["patient_id"].tolist(), config.options)
-    for item, crop, p, h in zip(shown.itertuples(), crops, probs, heat, strict=True):
+    probs = _probs(queue).astype(np.float64)
+    targets = dict(zip(queue["joint_id"], probs.argmax(axis=1).tolist(), strict=True))
+    patients = dict(zip(queue["joint_id"], queue["patient_id"], strict=True))
+    pixels, heat, panels = cam.run_crops(run, registry, targets, patients, config.options)
+    for item, p in zip(queue.itertuples(), probs, strict=True):
+        if item.joint_id in panels:
+            continue
         title = f"#{item.rank} {item.joint_id}\n{config.rater}: stage {item.rating}"
-        panels[item.joint_id] = cam.overlay_png(crop, h, title, probs=p, rating=int(item.rating))
+        panels[item.joint_id] = cam.overlay_png(
+            pixels[item.joint_id], heat[item.joint_id], title, probs=p, rating=int(item.rating)
+        )
     return panels
 
 

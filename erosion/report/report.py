@@ -29,8 +29,7 @@ from erosion.core.settings import setting
 from erosion.core.split import SPLITS
 from erosion.io import runs, storage
 from erosion.io.ratings import rater_stages
-from erosion.model import checkpoint
-from erosion.registry.preprocess import letterbox
+from erosion.model import models
 from erosion.report import cam, figures, page, tables
 
 
@@ -77,16 +76,17 @@ def build(config: ReportConfig, folder: str, run: runs.RunManifest | None = None
         raise ValueError(f"cam must be a number of joints >= 0, got {config.cam}.")
     run = run or runs.manifest(config.scores, config.options)
     model = tables.model_rater(run.model_version)
-    columns = ["joint_id", "patient_id", "joint", "ratingen_pred", "error"]
+    columns = ["joint_id", "patient_id", "body_part", "joint", "ratingen_pred", "error"]
     known = storage.common_columns(run.path("scores"), config.options)
     columns += ["in_sample"] if "in_sample" in known else []  # runs scored before in_sample existed lack it
     scores = storage.read_table(run.path("scores"), columns, config.options).to_pandas()
     ratings = storage.read_table(config.ratings, ["joint_id", "rater", "ratingen"], config.options).to_pandas()
     stages, accounting = tables.join_stages(scores, ratings, model, config.split, config.split_seed, config.in_sample)
-    humans = [c for c in stages.columns if c not in ("joint", model)]
+    humans = [c for c in stages.columns if c not in (*tables.LABELS, model)]
     made = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    card = checkpoint.read_card(run.model, config.options)
-    calibration = card.calibration
+    cards = list(models.resolve(run.model, config.options).cards.values())
+    calibration = cards[0].calibration if len(cards) == 1 else None  # the page's reliability diagram: one model's
+    against = {card.train.get("data", {}).get("rater") if card.calibration else None for card in cards}
     context = page.Context(
         run=run,
         model=model,
@@ -122,8 +122,8 @@ def build(config: ReportConfig, folder: str, run: runs.RunManifest | None = None
     for e in explained:
         if e.file:
             storage.write_bytes(f"{folder}/figures/{e.file}", e.png, config.options)
-    calibrated_against = card.train.get("data", {}).get("rater")
-    estimated = estimated_agreement(config, run, calibrated_against) if calibration and calibrated_against else None
+    calibrated_against = against.pop() if len(against) == 1 else None  # every model calibrated on one rater
+    estimated = estimated_agreement(config, run, calibrated_against) if calibrated_against else None
     if estimated is not None:
         storage.write_table(f"{folder}/estimated.parquet", pa.Table.from_pandas(estimated), config.options)
     content = page.render(result, raters, plots, context, explained, estimated)
@@ -141,10 +141,10 @@ def explain(
 ) -> list[cam.Explanation]:
     """Grad-CAM heat maps of the ``config.cam`` joints whose model stage is furthest from the humans' mean stage.
 
-    The model is the run's (its manifest's ``model``, checked against its version), the crops come from the
-    registry, read for those joints alone. A joint whose crop is gone or no longer decodes is listed with the
-    reason instead of a heat map. Each map explains the stage the run gave the joint, by the model that gave it (a
-    fold set's: the fold model of the joint's patient, ``patient_of``).
+    The model is the run's (its manifest's ``model``: each body part's, checked against its version), the crops
+    come from the registry, read for those joints alone. A joint whose crop is gone or no longer decodes is listed
+    with the reason instead of a heat map. Each map explains the stage the run gave the joint, by the model that
+    gave it (a fold set's: the fold model of the joint's patient, ``patient_of``).
     """
     chosen = cam.most_disagreed(stages, model, humans, config.cam)
     if not chosen:
@@ -152,26 +152,8 @@ def explain(
     registry = config.registry or run.registry
     if not registry:
         raise ValueError(f"run {config.scores} names no registry: give the registry the heat maps' crops come from.")
-    card = checkpoint.read_card(run.model, config.options)
-    if card.model_version != run.model_version:
-        raise ValueError(
-            f"the model at {run.model} is version {card.model_version}, but the run was scored with version"
-            f" {run.model_version}: its heat maps would explain another model."
-        )
-    images = crops(registry, chosen, config.options)
-    pixels, errors = {}, {}
-    for joint_id in chosen:
-        try:
-            pixels[joint_id] = letterbox(images[joint_id] or b"", card.model.input_size)
-        except KeyError:
-            errors[joint_id] = f"not in the registry: {registry}"
-        except ValueError as error:
-            errors[joint_id] = str(error)
-    ok = list(pixels)
-    patients = [patient_of.get(j, "") for j in ok]
-    targets = stages.loc[ok, model].to_numpy()
-    heat = cam.heat_maps(run.model, np.stack([pixels[j] for j in ok]), targets, patients, config.options) if ok else []
-    maps = dict(zip(ok, heat, strict=True))
+    targets = {j: int(stages.at[j, model]) for j in chosen}
+    pixels, maps, errors = cam.run_crops(run, registry, targets, patient_of, config.options)
     raters, explained = [model, *humans], []
     for joint_id in chosen:
         rated = {r: float(stages.at[joint_id, r]) for r in raters}
@@ -218,23 +200,6 @@ def estimated_agreement(config: ReportConfig, run: runs.RunManifest, rater: str)
     rows = [{"joints": name, "reference": rater, "n": float(c.sum())} | agreement.pair_statistics(c)
             for name, c in totals.items()]  # fmt: skip
     return pd.DataFrame(rows)
-
-
-def crops(registry: str, joint_ids: list[str], options: storage.StorageOptions) -> dict[str, bytes | None]:
-    """The encoded crops of a few joints: joint ids first, then images only from the files that hold them."""
-    wanted = pa.array(sorted(set(joint_ids)), pa.string())
-    fs, _ = storage.filesystem(registry, options)
-    found: dict[str, bytes | None] = {}
-    for file in storage.parquet_files(registry, options):
-        ids = storage.iter_file_batches(fs, file, ["joint_id"])
-        if not any(pc.any(pc.is_in(batch.column("joint_id"), wanted)).as_py() for _, batch in ids):
-            continue
-        for _, batch in storage.iter_file_batches(fs, file, ["joint_id", "image"], batch_size=256):
-            rows = batch.filter(pc.is_in(batch.column("joint_id"), wanted))
-            found |= dict(zip(rows.column("joint_id").to_pylist(), rows.column("image").to_pylist(), strict=True))
-        if len(found) == len(wanted):
-            break
-    return found
 
 
 def report(config: ReportConfig) -> ReportResult:

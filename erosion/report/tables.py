@@ -1,6 +1,7 @@
 """The agreement report's tables, pure functions of the joined stages (a row per joint, a column per rater).
 
-Every pair of raters is compared on each subset of joints (all; each joint type; each joint) with the
+Every pair of raters is compared on each subset of joints (all; each body part, where there are several; each
+joint type; each joint) with the
 statistics of :mod:`erosion.core.agreement`, and one ICC is computed over all raters on the joints they all
 rated. Rows that cannot take part (a score with an error, a rating with no valid stage, a duplicate, a rating
 of a joint the run did not score) are left out and counted in the accounting table.
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from erosion.core import agreement
-from erosion.core.domain import ALL_JOINTS, joint_type
+from erosion.core.domain import ALL_JOINTS, BODY_PARTS, joint_type
 from erosion.core.split import split_of
 
 
@@ -29,6 +30,10 @@ class Tables:
     confusion: pd.DataFrame  # per subset and pair: the confusion matrix in long form
     icc: pd.DataFrame  # per subset and ICC form: the ICC over all raters on the joints they all rated
     venn: pd.DataFrame  # three raters: joints on which all, one pair or none of them agree
+
+
+LABELS = ("joint", "body_part")
+"""The joined stages' columns that are not raters."""
 
 
 def model_rater(model_version: str) -> str:
@@ -48,7 +53,8 @@ def join_stages(
 
     ``scores`` has joint_id, patient_id, joint, ratingen_pred and error; ``ratings`` joint_id, rater and
     ratingen (and ``in_sample``, where the scores have it: those joints are left out unless ``in_sample``).
-    The result is indexed by joint_id with a ``joint`` column and one float column per rater
+    The result is indexed by joint_id with the ``LABELS`` columns (``body_part`` where the scores have it) and
+    one float column per rater
     (NaN where that rater did not rate the joint), the model's column named ``rater``.
     """
     accounting = []
@@ -69,7 +75,8 @@ def join_stages(
         scored = scored[inside]
     accounting.insert(0, ("scores", "used", len(scored)))
 
-    stages = scored.set_index("joint_id")[["joint"]].assign(**{rater: scored["ratingen_pred"].to_numpy(float)})
+    labels = [c for c in LABELS if c in scored.columns]
+    stages = scored.set_index("joint_id")[labels].assign(**{rater: scored["ratingen_pred"].to_numpy(float)})
     valid = ratings["ratingen"].between(0, agreement.NUM_STAGES - 1) & ratings["joint_id"].notna()
     twice = ratings.duplicated(["joint_id", "rater"], keep=False) & valid
     known = ratings["joint_id"].isin(stages.index)
@@ -88,11 +95,15 @@ def join_stages(
     return stages, table[table["rows"] > 0].reset_index(drop=True)
 
 
-def subsets(joints: pd.Series) -> list[tuple[str, np.ndarray]]:
-    """(name, mask) of every subset: all joints, each joint type present (MCP, PIP, ...), each joint present."""
-    names = joints.to_numpy(dtype=object)
+def subsets(stages: pd.DataFrame) -> list[tuple[str, np.ndarray]]:
+    """(name, mask) of every subset of the joined stages: all joints, each body part present where there are
+    several (hand_left, foot_right, ...), each joint type present (MCP, PIP, ...), each joint present."""
+    names = stages["joint"].to_numpy(dtype=object)
     kinds = np.array([joint_type(j) for j in names], dtype=object)
     found = [(ALL_JOINTS, np.ones(len(names), bool))]
+    parts = stages["body_part"].to_numpy(dtype=object) if "body_part" in stages.columns else np.zeros(0)
+    if len(set(parts)) > 1:
+        found += [(part, parts == part) for part in BODY_PARTS if part in set(parts)]
     found += [(kind, kinds == kind) for kind in sorted(set(kinds))]
     found += [(joint, names == joint) for joint in sorted(set(names))]
     return found
@@ -105,7 +116,7 @@ def pair_tables(stages: pd.DataFrame, raters: list[str]) -> tuple[pd.DataFrame, 
     of the balanced accuracies), so a human is always the model's reference.
     """
     rows, cells = [], []
-    for subset, mask in subsets(stages["joint"]):
+    for subset, mask in subsets(stages):
         for reference, rater in itertools.combinations(raters, 2):
             both = stages.loc[mask, [reference, rater]].dropna().to_numpy(np.int64)
             counts = agreement.confusion_matrix(*both.T)
@@ -138,7 +149,7 @@ _CONFUSION_COLUMNS = ["subset", "reference", "rater", "reference_stage", "rater_
 def icc_table(stages: pd.DataFrame, raters: list[str]) -> pd.DataFrame:
     """Every ICC form over all raters, per subset, on the joints every rater rated."""
     rows = []
-    for subset, mask in subsets(stages["joint"]):
+    for subset, mask in subsets(stages):
         matrix = stages.loc[mask, raters].dropna().to_numpy()
         for form, description in agreement.ICC_FORMS.items():
             row = {"subset": subset, "form": form, "description": description, "raters": ", ".join(raters)}

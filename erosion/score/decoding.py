@@ -18,13 +18,16 @@ from erosion.registry.preprocess import letterbox_measured
 from erosion.score.carry import SIZE, Carry, fingerprints, fixed_binary_view
 
 
-def decode_batch(batch: pa.Table, size: int, crash_once: str | None = None, carry: Carry | None = None) -> pa.Table:
+def decode_batch(
+    batch: pa.Table, size: int, coverage: dict[str, dict], crash_once: str | None = None, carry: Carry | None = None
+) -> pa.Table:
     """The batch's key columns, ``pixels`` (fixed-size binary of size * size uint8), ``error``, ``fingerprint``,
     ``carried`` (an earlier run's predictions where ``carry`` knows the fingerprint, else null) and
     ``source_file`` (the batch's ``path`` column, where the read included it) and ``crop`` (the statistics of each
     crop decoded, ``schema.CROP``'s fields in order; NaN where none was decoded).
 
-    A carried row is not decoded. ``crash_once`` is for tests: a marker file; the first task to find it
+    ``coverage`` (``models.Models.coverage``): the joints each body part's model may score, and whether its crops
+    are mirrored. A carried row is not decoded. ``crash_once`` is for tests: a marker file; the first task to find it
     missing creates it and its worker dies, as a worker lost mid-task would.
     """
     if crash_once and not os.path.exists(crash_once):
@@ -38,10 +41,10 @@ def decode_batch(batch: pa.Table, size: int, crash_once: str | None = None, carr
     measured = np.full((batch.num_rows, len(schema.CROP)), np.nan, dtype=np.float32)
     errors: list[str | None] = []
     for i, data in enumerate(images):
-        error = row_problem(*(column[i] for column in keys))
+        error = row_problem(*(column[i] for column in keys), coverage)
         if error is None and found[i] < 0:
             try:
-                pixels[i], measured[i] = letterbox_measured(data or b"", size)
+                pixels[i], measured[i] = letterbox_measured(data or b"", size, coverage[keys[3][i]]["mirror"])
             except ValueError as problem:
                 error = str(problem)
         errors.append(error)
@@ -72,13 +75,21 @@ def _fixed_binary(values: np.ndarray, width: int, mask: np.ndarray | None = None
     )
 
 
-def row_problem(joint_id, patient_id, visit_date, body_part, joint) -> str | None:
-    """Why a registry row cannot be scored whatever its image, as "<reason>: <detail>"; None when it can."""
+def row_problem(joint_id, patient_id, visit_date, body_part, joint, coverage: dict[str, dict]) -> str | None:
+    """Why a registry row cannot be scored whatever its image, as "<reason>: <detail>"; None when it can
+    (``coverage``: what the run's models may score)."""
     for name, value in (("joint_id", joint_id), ("patient_id", patient_id), ("visit_date", visit_date)):
         if value is None:
             return f"missing key: {name} is null"
     problem = domain.joint_problem(body_part, joint)
-    return None if problem is None else f"invalid joint: {problem}"
+    if problem is not None:
+        return f"invalid joint: {problem}"
+    if body_part not in coverage:
+        return f"no model for body part: {body_part}"
+    if joint not in coverage[body_part]["joints"]:
+        scored = ", ".join(coverage[body_part]["joints"])
+        return f"no model for joint: {joint} of {body_part} (its model scores {scored})"
+    return None
 
 
 def pixel_view(column: pa.ChunkedArray | pa.Array, size: int) -> np.ndarray:

@@ -36,7 +36,7 @@ from erosion.core import domain, rau, schema
 from erosion.core.faults import Faults
 from erosion.core.settings import setting
 from erosion.io import datasets, heap, leases, runs, storage
-from erosion.model import augment, calibration, checkpoint
+from erosion.model import augment, calibration, checkpoint, models
 from erosion.model.network import for_inference, predict
 from erosion.score import carry, decoding, tasks
 
@@ -52,7 +52,11 @@ class ScoreConfig:
     """One scoring run."""
 
     registry: str = setting("the registry table (local folder or s3:// URL)")
-    model: str = setting("a checkpoint folder or a training run's folder (erosion train's <out>/<name>)")
+    model: str = setting(
+        "a checkpoint or training run folder (erosion train's <out>/<name>): it scores the body parts its card"
+        " names; or one model per body part: body_part=RUN, repeated, or a JSON file mapping body parts to runs",
+        repeat=True,
+    )
     out: str = setting("runs are committed to <out>/<run_id>/")
     run_id: str = setting(
         "the run's folder name (default: the start time, UTC, e.g. 20261123T020000Z; nightly: the date)", ""
@@ -103,7 +107,7 @@ class ScoreResult:
 def score(config: ScoreConfig) -> ScoreResult:
     """Score the registry, write scores and Rau scores, commit the run; Ray must be initialised."""
     run_id = config.run_id or datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    storage.reach(config.registry, config.model, config.out, options=config.options)
+    storage.reach(config.registry, config.out, options=config.options)
     inputs = check_registry(config.registry, config.options)
     with runs.begin(config.out, run_id, config.options, config.lease_seconds) as attempt:
         result = score_into(config, attempt, inputs)
@@ -116,8 +120,8 @@ def score_into(config: ScoreConfig, attempt: runs.Attempt, inputs: dict[str, dic
     ``rau``; the caller commits the attempt. Files unchanged since ``config.carry_from`` are not read."""
     began = time.monotonic()
     run_id = attempt.run_id
-    card = checkpoint.read_card(config.model, config.options)
-    earlier = _carry_from(config, card.model_version)
+    chosen = models.resolve(config.model, config.options)
+    earlier = _carry_from(config, chosen.version)
     complete = carry.complete_files(earlier.path("scores"), config.options) if earlier else {}
     unchanged = {
         file
@@ -132,7 +136,7 @@ def score_into(config: ScoreConfig, attempt: runs.Attempt, inputs: dict[str, dic
         carry.copy(earlier.path("scores"), unchanged, run_id, scores_url, config.options)
     if any(inputs[file]["rows"] for file in read):
         lookup = ray.put(carry.load(earlier.path("scores"), config.options)) if earlier else None
-        scores = pipeline(config, run_id, card.preprocess["input_size"], lookup, read)
+        scores = pipeline(config, run_id, chosen, lookup, read)
         fs, path = storage.arrow_filesystem(scores_url, config.options)
         try:
             scores.write_parquet(path, filesystem=fs)
@@ -168,8 +172,9 @@ def score_into(config: ScoreConfig, attempt: runs.Attempt, inputs: dict[str, dic
         seconds={"total": round(seconds, 3)},
         config={k: v for k, v in dataclasses.asdict(config).items() if k != "faults"} | {"run_id": run_id},
         model=config.model,
-        model_version=card.model_version,
-        model_epoch=card.epoch,
+        model_version=chosen.version,
+        models=chosen.described(),
+        model_epoch=next(iter(chosen.cards.values())).epoch if len(chosen.cards) == 1 else -1,
         registry=config.registry,
         input_rows={file: state["rows"] for file, state in inputs.items()},
         inputs=inputs,
@@ -182,7 +187,7 @@ def score_into(config: ScoreConfig, attempt: runs.Attempt, inputs: dict[str, dic
     return ScoreResult(
         run=attempt.run,
         run_id=run_id,
-        model_version=card.model_version,
+        model_version=chosen.version,
         rows=expected,
         scored=expected - failed,
         failed=failed,
@@ -198,26 +203,33 @@ def score_into(config: ScoreConfig, attempt: runs.Attempt, inputs: dict[str, dic
 def pipeline(
     config: ScoreConfig,
     run_id: str,
-    input_size: int,
+    chosen: models.Models,
     carry: ray.ObjectRef | None = None,
     files: list[str] | None = None,
 ) -> ray.data.Dataset:
-    """The lazy Ray Data plan: registry (``files`` of it, if given) -> checked, decoded crops -> model actors ->
-    rows of ``schema.SCORES``."""
+    """The lazy Ray Data plan: registry (``files`` of it, if given) -> checked, decoded crops -> model actors (each
+    body part's ``chosen`` model) -> rows of ``schema.SCORES``."""
     columns = [*schema.KEYS, "image", "path"]
     rows = datasets.read(config.registry, columns, config.options, files, cpus=config.decode_cpus)
     crops = tasks.scoring_crops(
-        rows, input_size, config.decode_rows, config.decode_cpus, config.faults.crash_decode_once, carry
+        rows,
+        chosen.input_size,
+        chosen.coverage(),
+        config.decode_rows,
+        config.decode_cpus,
+        config.faults.crash_decode_once,
+        carry,
     )
-    return model_scores(crops, config, run_id)
+    return model_scores(crops, config, run_id, chosen)
 
 
-def model_scores(crops: ray.data.Dataset, config: ScoreConfig, run_id: str) -> ray.data.Dataset:
+def model_scores(crops: ray.data.Dataset, config: ScoreConfig, run_id: str, chosen: models.Models) -> ray.data.Dataset:
     """Decoded crops through a pool of model actors: rows of ``schema.SCORES``."""
     return crops.map_batches(
         Scorer,
         fn_constructor_kwargs={
-            "model": config.model,
+            "parts": chosen.parts,
+            "version": chosen.version,
             "run_id": run_id,
             "device": "cuda" if config.gpus_per_actor > 0 else "cpu",
             "options": config.options,
@@ -233,16 +245,14 @@ def model_scores(crops: ray.data.Dataset, config: ScoreConfig, run_id: str) -> r
 
 
 class Scorer:
-    """A model actor: loads the model (or a fold set's fold models) once, then turns batches of decoded crops into
-    score rows: calibrated probabilities, the model's own stage, whether the patient is in-sample.
-
-    A fold set scores each joint with the fold model that never saw its patient, and a joint of a patient no
-    fold model saw (a new patient) with the mean over the fold models, their spread beside it.
-    """
+    """A model actor: loads each body part's model (``Model``) once, then turns batches of decoded crops into score
+    rows, each joint scored by its body part's model: calibrated probabilities, the model's own stage, whether
+    the patient is in-sample, the model's version."""
 
     def __init__(
         self,
-        model: str,
+        parts: dict[str, str],
+        version: str,
         run_id: str,
         device: str,
         options: storage.StorageOptions,
@@ -250,14 +260,11 @@ class Scorer:
         crash_once: str | None = None,
     ) -> None:
         heap.keep_freed_memory()
-        members = checkpoint.load_members(model, device, options)
-        self.members = [(for_inference(network), card.calibration) for network, card in members]
-        card = checkpoint.read_card(model, options)
+        loaded = {folder: Model(folder, device, options, views) for folder in dict.fromkeys(parts.values())}
+        self.models = {part: loaded[folder] for part, folder in parts.items()}
         self.crash_once = crash_once  # tests: the first call to find this marker file missing kills the actor
-        self.views = views
-        self.size = card.preprocess["input_size"]
-        self.run_id, self.version = run_id, card.model_version
-        self.patients = _patient_folds(checkpoint.read_patients(model, options))
+        self.size = next(iter(loaded.values())).size
+        self.run_id, self.version = run_id, version
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.crash_once and not os.path.exists(self.crash_once):
@@ -266,18 +273,40 @@ class Scorer:
         carried = pc.is_valid(batch["carried"]).to_numpy(zero_copy_only=False)
         ok = pc.is_null(batch["error"]).to_numpy(zero_copy_only=False) & ~carried
         scored = np.full((batch.num_rows, schema.SCORE_WIDTH), np.nan, dtype=np.float32)
+        parts = np.asarray(batch["body_part"].to_pylist(), dtype=object)
         if ok.any():
-            pixels = decoding.pixel_view(batch["pixels"], self.size)[ok]
-            patients = np.asarray(batch["patient_id"].to_pylist(), dtype=object)[ok]
-            scored[ok] = self._score(pixels, patients)
+            pixels = decoding.pixel_view(batch["pixels"], self.size)
+            patients = np.asarray(batch["patient_id"].to_pylist(), dtype=object)
+            for part, model in self.models.items():  # decoding left no row of a body part without a model ok
+                rows = ok & (parts == part)
+                if rows.any():
+                    scored[rows] = model.score(pixels[rows], patients[rows])
             measured = batch["crop"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
             scored[ok, schema.SCORE_CROP] = measured.reshape(-1, len(schema.CROP))[ok]
         if carried.any():
             flat = batch["carried"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
             scored[carried] = flat.reshape(-1, schema.SCORE_WIDTH)
-        return score_rows(batch, scored, self.run_id, self.version)
+        versions = [self.models[p].version if p in self.models else self.version for p in parts]
+        return score_rows(batch, scored, self.run_id, versions)
 
-    def _score(self, pixels: np.ndarray, patients: np.ndarray) -> np.ndarray:
+
+class Model:
+    """One body part's model in a scoring actor: a trained model, or a fold set's fold models.
+
+    A fold set scores each joint with the fold model that never saw its patient, and a joint of a patient no
+    fold model saw (a new patient) with the mean over the fold models, their spread beside it.
+    """
+
+    def __init__(self, folder: str, device: str, options: storage.StorageOptions, views: torch.Tensor | None) -> None:
+        members = checkpoint.load_members(folder, device, options)
+        self.members = [(for_inference(network), card.calibration) for network, card in members]
+        card = checkpoint.read_card(folder, options)
+        self.views = views
+        self.size = checkpoint.prepared(card)["input_size"]
+        self.version = card.model_version
+        self.patients = _patient_folds(checkpoint.read_patients(folder, options))
+
+    def score(self, pixels: np.ndarray, patients: np.ndarray) -> np.ndarray:
         """(N, SCORE_WIDTH) scores of crops of these patients."""
         if len(self.members) == 1:
             network, calibrated = self.members[0]
@@ -336,8 +365,9 @@ def _mean(members: list[np.ndarray]) -> np.ndarray:
     return scored
 
 
-def score_rows(batch: pa.Table, scored: np.ndarray, run_id: str, model_version: str) -> pa.Table:
-    """Rows of ``schema.SCORES`` from a batch's keys and errors and its (N, SCORE_WIDTH) scores."""
+def score_rows(batch: pa.Table, scored: np.ndarray, run_id: str, versions: list[str]) -> pa.Table:
+    """Rows of ``schema.SCORES`` from a batch's keys and errors, its (N, SCORE_WIDTH) scores and each row's model
+    version."""
     failed = pc.is_valid(batch["error"])
     mask = failed.to_numpy(zero_copy_only=False)
     n = batch.num_rows
@@ -349,7 +379,7 @@ def score_rows(batch: pa.Table, scored: np.ndarray, run_id: str, model_version: 
     spread, in_sample = scored[:, schema.SCORE_SPREAD], scored[:, schema.SCORE_IN_SAMPLE]
     columns = [batch[k] for k in schema.KEYS] + [
         pa.array([run_id] * n, pa.string()),
-        pa.array([model_version] * n, pa.string()),
+        pa.array(versions, pa.string()),
         pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), domain.NUM_STAGES, mask=pa.array(mask)),
         pa.array(stage, mask=mask),
         pa.array((probs @ np.arange(domain.NUM_STAGES, dtype=np.float32)).astype(np.float32), mask=mask),

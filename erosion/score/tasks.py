@@ -17,6 +17,7 @@ from erosion.score import decoding
 def scoring_crops(
     rows: ray.data.Dataset,
     input_size: int,
+    coverage: dict[str, dict],
     batch_rows: int = 512,
     cpus: float = 1.0,
     crash_once: str | None = None,
@@ -24,18 +25,21 @@ def scoring_crops(
 ) -> ray.data.Dataset:
     """Scoring's decode step in CPU tasks of ``cpus`` each (``decoding.decode_batch``; no torch in these workers):
     keys, ``pixels``, ``error``, ``fingerprint`` and ``carried`` (an earlier run's scores, from ``carry``'s
-    lookup). Blocks as ``rows``'s (``datasets.BLOCK_BYTES``)."""
+    lookup); ``coverage``: what the run's models may score (``models.Models.coverage``). Blocks as ``rows``'s
+    (``datasets.BLOCK_BYTES``)."""
     return rows.map_batches(
         _scoring_decode,
-        fn_kwargs={"size": input_size, "crash_once": crash_once, "carry": carry},
+        fn_kwargs={"size": input_size, "coverage": coverage, "crash_once": crash_once, "carry": carry},
         batch_size=batch_rows,
         batch_format="pyarrow",
         num_cpus=cpus,
     )
 
 
-def _scoring_decode(batch: pa.Table, size: int, crash_once: str | None, carry: ray.ObjectRef | None) -> pa.Table:
-    return decoding.decode_batch(batch, size, crash_once, None if carry is None else _lookup(carry))
+def _scoring_decode(
+    batch: pa.Table, size: int, coverage: dict[str, dict], crash_once: str | None, carry: ray.ObjectRef | None
+) -> pa.Table:
+    return decoding.decode_batch(batch, size, coverage, crash_once, None if carry is None else _lookup(carry))
 
 
 @functools.lru_cache(maxsize=1)

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import torch
 
 from erosion.core import agreement
+from erosion.core.domain import mirrored
 from erosion.core.schema import PREDICTION_PCT, PREDICTION_PROBS, PREDICTION_WIDTH
 from erosion.core.settings import setting
 from erosion.core.split import SPLITS, member
@@ -38,12 +39,19 @@ class EvaluateConfig:
     truth: str = setting("a synthetic registry's truth/ table, to compare with too", "")
     split: str = setting("the patient split", "val", choices=SPLITS)
     split_seed: int = setting("the seed of the patient split", 0)
+    body_parts: tuple[str, ...] = setting(
+        "the body parts whose joints are evaluated (default: those the model's card names; another's, e.g. a hand"
+        " model on feet, is an experiment that scoring refuses)",
+        (),
+    )
     options: storage.StorageOptions = setting("S3 settings", factory=storage.StorageOptions)
 
 
 def evaluate(config: EvaluateConfig) -> tuple[int, dict[str, dict]]:
     """The number of crops scored, and the accuracies (``compare``) against the rater and the truth, by name."""
-    predicted = predict_split(config.model, config.registry, config.split, config.split_seed, config.options)
+    predicted = predict_split(
+        config.model, config.registry, config.split, config.split_seed, config.options, body_parts=config.body_parts
+    )
     references = {f"rater {config.rater}": rater_reference(config.ratings, config.rater, config.options)}
     if config.truth:
         references["ground truth"] = truth_reference(config.truth, config.options)
@@ -57,13 +65,18 @@ def predict_split(
     split_seed: int = 0,
     options: storage.StorageOptions | None = None,
     views: torch.Tensor | None = None,
+    body_parts: tuple[str, ...] = (),
 ) -> pd.DataFrame:
     """The model's ``stage`` and ``pct`` (NaN for the stages head) for every decodable joint of a split, by joint_id.
 
-    ``views``: test-time augmentation, as in scoring (``augment.views``).
+    ``views``: test-time augmentation, as in scoring (``augment.views``); ``body_parts``: whose joints (default: the
+    ones the model's card names).
     """
     model, card = checkpoint.load(model_url, options=options)
-    ids, rows = split_predictions(model, card.model.input_size, registry, split, split_seed, options, views)
+    parts = tuple(body_parts) or tuple(card.body_parts)
+    ids, rows = split_predictions(
+        model, checkpoint.prepared(card), registry, split, split_seed, options, views, body_parts=parts
+    )
     return pd.DataFrame(
         {
             "stage": rows[:, PREDICTION_PROBS].argmax(1).astype(np.int64),
@@ -75,7 +88,7 @@ def predict_split(
 
 def split_predictions(
     model: torch.nn.Module,
-    input_size: int,
+    preprocess: dict,
     registry: str,
     split: str,
     split_seed: int = 0,
@@ -83,15 +96,19 @@ def split_predictions(
     views: torch.Tensor | None = None,
     folds: int = 0,
     held_out: int = -1,
+    body_parts: tuple[str, ...] = ("hand_left", "hand_right"),
 ) -> tuple[list[str], np.ndarray]:
-    """The joint ids of a split's decodable crops (``split.member``: of a cross-fitting run's data, with ``folds``
-    and ``held_out``) and the model's predictions of them (``network.predict``)."""
+    """The joint ids of a split's decodable crops of ``body_parts`` (``split.member``: of a cross-fitting run's data,
+    with ``folds`` and ``held_out``) and the predictions of the model with these pre-processing settings (its card's
+    ``preprocess``: size, mirroring) of them (``network.predict``)."""
     model = for_inference(model)
     ids, predictions = [], []
-    for _, _, batch in storage.iter_batches(registry, ["joint_id", "patient_id", "image"], 256, options):
-        patients = batch["patient_id"].to_pylist()
-        batch = batch.filter(pa.array([member(p, split, split_seed, folds, held_out) for p in patients]))
-        pixels, errors = letterbox_batch(batch["image"].to_pylist(), input_size)
+    parts = pa.array(body_parts, pa.string())
+    for _, _, batch in storage.iter_batches(registry, ["joint_id", "patient_id", "body_part", "image"], 256, options):
+        inside = [member(p, split, split_seed, folds, held_out) for p in batch["patient_id"].to_pylist()]
+        batch = batch.filter(pc.and_(pa.array(inside, pa.bool_()), pc.is_in(batch["body_part"], parts)))
+        mirror = [mirrored(preprocess, part) for part in batch["body_part"].to_pylist()]
+        pixels, errors = letterbox_batch(batch["image"].to_pylist(), preprocess["input_size"], mirror)
         ok = np.array([e is None for e in errors], dtype=bool)
         ids += [j for j, good in zip(batch["joint_id"].to_pylist(), ok, strict=True) if good]
         predictions.append(predict(model, pixels[ok], views))
@@ -100,7 +117,7 @@ def split_predictions(
 
 def fit_calibration(
     model: torch.nn.Module,
-    input_size: int,
+    preprocess: dict,
     labels: pd.DataFrame,
     registry: str,
     class_weights: list[float] | None,
@@ -108,11 +125,14 @@ def fit_calibration(
     options: storage.StorageOptions | None = None,
     folds: int = 0,
     held_out: int = -1,
+    body_parts: tuple[str, ...] = ("hand_left", "hand_right"),
 ) -> dict:
-    """The calibration of a trained model (``calibration``), fitted on the validation split's joints against
-    ``labels`` (a rater's stages, ``rater_reference``): the prior shift of its class weights and the temperature,
-    with ECE, NLL, Brier score and the reliability bins before and after."""
-    ids, rows = split_predictions(model, input_size, registry, "val", split_seed, options, None, folds, held_out)
+    """The calibration of a trained model (``calibration``), fitted on the validation split's joints of
+    ``body_parts`` against ``labels`` (a rater's stages, ``rater_reference``): the prior shift of its class weights
+    and the temperature, with ECE, NLL, Brier score and the reliability bins before and after."""
+    ids, rows = split_predictions(
+        model, preprocess, registry, "val", split_seed, options, None, folds, held_out, body_parts
+    )
     known = labels.index.get_indexer(pd.Index(ids))
     probs = rows[known >= 0][:, PREDICTION_PROBS].astype(np.float64)
     stages = labels["stage"].to_numpy()[known[known >= 0]].astype(np.int64)

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
+from erosion.core.domain import mirrored
 from erosion.core.settings import setting
 from erosion.core.split import member
 from erosion.io import storage
@@ -36,6 +37,10 @@ class LabelSet:
     registry: str = setting("the registry table (local folder or s3:// URL)")
     ratings: str = setting("the ratings table")
     rater: str = setting("whose stages are the labels", "registry")
+    body_parts: tuple[str, ...] = setting(
+        "the body parts whose joints it learns (comma-separated; feet: foot_left,foot_right)",
+        ("hand_left", "hand_right"),
+    )
     split_seed: int = setting("the seed of the patient split (train / val / test)", 0)
     folds: int = setting("cross-fitting: the patients' folds (0: none)", 0, cli=False)
     held_out: int = setting("cross-fitting: the fold this run never sees", -1, cli=False)
@@ -43,9 +48,9 @@ class LabelSet:
 
 
 def labelled_split(labels: LabelSet, split: str, columns: tuple[str, ...] = ("joint_id", "image")) -> ray.data.Dataset:
-    """The registry rows of one split that the rater scored: ``columns`` plus ``label`` (the stage, int8) and
-    ``pct`` (the % eroded, float32; see ``ratings.rater_stages``)."""
-    rows = read(labels.registry, sorted({"joint_id", "patient_id", *columns}), labels.options)
+    """The registry rows of one split's patients and of the label set's body parts that the rater scored:
+    ``columns`` plus ``label`` (the stage, int8) and ``pct`` (the % eroded, float32; see ``ratings.rater_stages``)."""
+    rows = read(labels.registry, sorted({"joint_id", "patient_id", "body_part", *columns}), labels.options)
     return rows.map_batches(
         _label_split,
         fn_kwargs={
@@ -53,6 +58,7 @@ def labelled_split(labels: LabelSet, split: str, columns: tuple[str, ...] = ("jo
             "seed": labels.split_seed,
             "folds": labels.folds,
             "held_out": labels.held_out,
+            "body_parts": labels.body_parts,
             "stages": ray.put(rater_stages(labels.ratings, labels.rater, labels.options)),
             "columns": columns,
         },
@@ -61,10 +67,11 @@ def labelled_split(labels: LabelSet, split: str, columns: tuple[str, ...] = ("jo
     )
 
 
-def decoded(rows: ray.data.Dataset, input_size: int) -> ray.data.Dataset:
-    """Letterboxed uint8 ``pixels`` (N, S, S), int64 ``label`` and float32 ``pct``; a crop that fails to decode is
-    logged and left out."""
-    return rows.map_batches(_decode, fn_kwargs={"size": input_size}, batch_format="pyarrow", num_cpus=TASK_CPUS)
+def decoded(rows: ray.data.Dataset, preprocess: dict) -> ray.data.Dataset:
+    """Letterboxed uint8 ``pixels`` (N, S, S) as a model with these pre-processing settings sees them (right crops
+    mirrored where they say so; ``rows`` need ``body_part``), int64 ``label`` and float32 ``pct``; a crop that
+    fails to decode is logged and left out."""
+    return rows.map_batches(_decode, fn_kwargs={"preprocess": preprocess}, batch_format="pyarrow", num_cpus=TASK_CPUS)
 
 
 def split_labels(labels: LabelSet, split: str) -> np.ndarray:
@@ -75,19 +82,39 @@ def split_labels(labels: LabelSet, split: str) -> np.ndarray:
 
 
 def rated_patients(labels: LabelSet) -> list[str]:
-    """Every patient with a joint the rater scored, sorted (keys only: the registry's images are not read)."""
+    """Every patient with a joint of the label set's body parts that the rater scored, sorted."""
+    return _rated(labels, "patient_id")
+
+
+def rated_joints(labels: LabelSet) -> list[str]:
+    """Every joint name (``mcp2``, ``mtp1``) of the label set's body parts that the rater scored, sorted."""
+    return _rated(labels, "joint")
+
+
+def _rated(labels: LabelSet, column: str) -> list[str]:
+    """The values of a registry key ``column`` over the rated joints of the body parts (keys only, no image)."""
     rated = rater_stages(labels.ratings, labels.rater, labels.options)["joint_id"]
-    patients: set[str] = set()
-    for _, _, batch in storage.iter_batches(labels.registry, ["joint_id", "patient_id"], 65_536, labels.options):
-        patients.update(pc.filter(batch["patient_id"], pc.is_in(batch["joint_id"], rated)).to_pylist())
-    return sorted(p for p in patients if p is not None)
+    parts = pa.array(labels.body_parts, pa.string())
+    values: set[str] = set()
+    for _, _, batch in storage.iter_batches(labels.registry, ["joint_id", "body_part", column], 65_536, labels.options):
+        keep = pc.and_(pc.is_in(batch["joint_id"], rated), pc.is_in(batch["body_part"], parts))
+        values.update(pc.filter(batch[column], keep).to_pylist())
+    return sorted(v for v in values if v is not None)
 
 
 def _label_split(
-    batch: pa.Table, split: str, seed: int, folds: int, held_out: int, stages: ray.ObjectRef, columns: tuple[str, ...]
+    batch: pa.Table,
+    split: str,
+    seed: int,
+    folds: int,
+    held_out: int,
+    body_parts: tuple[str, ...],
+    stages: ray.ObjectRef,
+    columns: tuple[str, ...],
 ) -> pa.Table:
     inside = {p: member(p, split, seed, folds, held_out) for p in set(batch["patient_id"].to_pylist())}
-    batch = batch.filter(pa.array([inside[p] for p in batch["patient_id"].to_pylist()], pa.bool_()))
+    keep = [inside[p] for p in batch["patient_id"].to_pylist()]
+    batch = batch.filter(pc.and_(pa.array(keep, pa.bool_()), pc.is_in(batch["body_part"], pa.array(body_parts))))
     index, labels, pct = _stage_index(stages)
     position = index.get_indexer(batch["joint_id"].to_numpy(zero_copy_only=False))
     rated = position >= 0
@@ -107,8 +134,9 @@ def _stage_index(stages: ray.ObjectRef) -> tuple[pd.Index, np.ndarray, np.ndarra
     return index[unique], labels, table["pct"].to_numpy()[unique].astype(np.float32)
 
 
-def _decode(batch: pa.Table, size: int) -> dict[str, np.ndarray]:
-    pixels, errors = letterbox_batch(batch["image"].to_pylist(), size)
+def _decode(batch: pa.Table, preprocess: dict) -> dict[str, np.ndarray]:
+    mirror = [mirrored(preprocess, part) for part in batch["body_part"].to_pylist()]
+    pixels, errors = letterbox_batch(batch["image"].to_pylist(), preprocess["input_size"], mirror)
     ok = np.array([e is None for e in errors], dtype=bool)
     for joint_id, error in zip(batch["joint_id"].to_pylist(), errors, strict=True):
         if error is not None:

@@ -45,7 +45,7 @@ import torch
 from erosion.core import schema
 from erosion.core.settings import setting
 from erosion.io import datasets, heap, leases, storage
-from erosion.model import checkpoint
+from erosion.model import models
 from erosion.model.augment import AugmentConfig
 from erosion.model.network import ErosionCNN, ModelConfig
 from erosion.registry.preprocess import letterbox_batch
@@ -170,8 +170,8 @@ def score_throughput(config: ScoreBenchConfig) -> dict:
     Every rate is rows / wall time of the whole execution, start-up included (actors starting, the model
     loading); ``model_only_startup_s`` is how long the model-only run took to its first batch.
     """
-    card = checkpoint.read_card(config.model)
-    size = card.preprocess["input_size"]
+    chosen = models.resolve(config.model)
+    card, size = chosen.cards[config.model], chosen.input_size
     pool = ("batch_size", "actors", "gpus_per_actor", "cpus_per_actor")
     settings = {name: getattr(config, name) for name in pool}
     figures: dict = {
@@ -180,7 +180,7 @@ def score_throughput(config: ScoreBenchConfig) -> dict:
         "cpus": os.cpu_count(),
     }
     source = storage.read_table(config.registry, [*schema.KEYS, "image"]).slice(0, 2_000)
-    crops = decoding.decode_batch(source, size)
+    crops = decoding.decode_batch(source, size, chosen.coverage())
     for rows in config.sizes:
         registry = _sized_registry(source, rows, f"{config.out}/registry-{rows}")
         run = scoring.ScoreConfig(registry, config.model, f"{config.out}/runs", run_id=f"bench-{rows}", **settings)
@@ -189,14 +189,14 @@ def score_throughput(config: ScoreBenchConfig) -> dict:
             scoring.score(run)
         whole = time.perf_counter() - began
         naive_process, naive_loop = _naive(registry, config.model, rows)
-        model_only, startup = _model_only(crops, min(rows, config.model_only_rows), run)
+        model_only, startup = _model_only(crops, min(rows, config.model_only_rows), run, chosen)
         figures[str(rows)] = rates = {
             "end_to_end_crops_per_s": rows / whole,
             "end_to_end_seconds": whole,
-            "pipeline_crops_per_s": _rate(scoring.pipeline(run, "bench", size), rows),
+            "pipeline_crops_per_s": _rate(scoring.pipeline(run, "bench", chosen), rows),
             "model_only_crops_per_s": model_only,
             "model_only_startup_s": startup,
-            "decode_only_crops_per_s": _rate(_decoded(registry, size, run), rows),
+            "decode_only_crops_per_s": _rate(_decoded(registry, chosen, run), rows),
             "naive_crops_per_s": naive_process,
             "naive_loop_crops_per_s": naive_loop,
             "driver_peak_uss_mb": memory.driver_mb,
@@ -283,18 +283,19 @@ def _sized_registry(source: pa.Table, rows: int, url: str, rows_per_file: int = 
     return url
 
 
-def _decoded(registry: str, size: int, run: scoring.ScoreConfig) -> ray.data.Dataset:
+def _decoded(registry: str, chosen: models.Models, run: scoring.ScoreConfig) -> ray.data.Dataset:
     """The registry read and decoded by scoring's own decode tasks, no model."""
     rows = datasets.read(registry, [*schema.KEYS, "image"], cpus=run.decode_cpus)
-    return tasks.scoring_crops(rows, size, run.decode_rows, run.decode_cpus)
+    return tasks.scoring_crops(rows, chosen.input_size, chosen.coverage(), run.decode_rows, run.decode_cpus)
 
 
-def _model_only(crops: pa.Table, rows: int, run: scoring.ScoreConfig) -> tuple[float, float]:
+def _model_only(crops: pa.Table, rows: int, run: scoring.ScoreConfig, chosen: models.Models) -> tuple[float, float]:
     """The actor pool alone on decoded crops already in the object store: (crops/s, seconds to first batch)."""
     table = pa.concat_tables([crops] * -(-rows // crops.num_rows)).slice(0, rows)
     blocks = ray.data.from_arrow([table.slice(i, 2_000) for i in range(0, rows, 2_000)]).materialize()
     began, first, count = time.perf_counter(), 0.0, 0
-    for batch in scoring.model_scores(blocks, run, "bench").iter_batches(batch_format="pyarrow", batch_size=None):
+    scored = scoring.model_scores(blocks, run, "bench", chosen)
+    for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None):
         first = first or time.perf_counter() - began
         count += batch.num_rows
     if count != rows:

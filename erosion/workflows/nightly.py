@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from erosion.core.settings import setting
 from erosion.core.split import SPLITS
 from erosion.io import runs, storage
-from erosion.model import checkpoint
+from erosion.model import models
 from erosion.report import monitoring, report
 from erosion.score import scoring
 
@@ -59,8 +59,8 @@ def nightly(config: NightlyConfig) -> NightlyResult:
     began = time.monotonic()
     base, options = config.scoring, config.scoring.options
     run_id = base.run_id or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
-    storage.reach(base.registry, base.model, base.out, config.ratings, options=options)
-    version = checkpoint.read_card(base.model, options).model_version
+    storage.reach(base.registry, base.out, config.ratings, options=options)
+    version = models.resolve(base.model, options).version
     inputs = scoring.check_registry(base.registry, options)
     earlier = runs.committed(base.out, options)
     same_night = [m for m in earlier if m.run_id == run_id]
