@@ -172,12 +172,12 @@ def _check(config: TrainConfig) -> None:
         raise ValueError(f"unknown learning-rate schedule {config.schedule!r}; expected one of {recipe.SCHEDULES}.")
     if config.faults.fail_at_epoch is not None and not 1 <= config.faults.fail_at_epoch < config.epochs:
         raise ValueError("fail_at_epoch must come after a first checkpoint: 1 <= fail_at_epoch < epochs.")
+    if config.init and config.pretrained:
+        raise ValueError("start from a trained model (--init) or from pretrained weights (--pretrained), not both.")
     if config.pretrained and config.model.arch != "vgg16":
         raise ValueError(f"pretrained weights are for arch 'vgg16', got arch {config.model.arch!r}.")
     if config.model.arch == "vgg16" and config.frozen_epochs < 0:
         raise ValueError(f"frozen_epochs must be at least 0, got {config.frozen_epochs}.")
-    if config.init and config.pretrained:
-        raise ValueError("start from a trained model (--init) or from pretrained weights (--pretrained), not both.")
     unknown = [part for part in config.data.body_parts if part not in domain.BODY_PARTS]
     if unknown or not config.data.body_parts:
         raise ValueError(f"body_parts must be some of {', '.join(domain.BODY_PARTS)}; got {config.data.body_parts}.")

@@ -99,15 +99,26 @@ def trained(result: TrainResult) -> str:
 
 
 def evaluation(split: str, crops: int, accuracies: dict[str, dict]) -> str:
-    """A model's accuracies on a split against each reference."""
+    """A model's accuracies on a split against each reference, each with its 95 % interval."""
     lines = [f"{split} split, {crops} crops scored"]
     for name, a in accuracies.items():
         pct = f", % MAE {a['pct_mae']:.1f}" if not math.isnan(a["pct_mae"]) else ""
-        lines.append(
-            f"    vs {name}: n {a['n']}, accuracy {a['accuracy']:.3f}, balanced {a['balanced_accuracy']:.3f}, "
-            f"+-1 balanced {a['pm1_balanced_accuracy']:.3f}, quadratic kappa {a['kappa']:.3f}{pct}"
-        )
+        shown = ", ".join(f"{label} {_interval(a, key)}" for key, label in _EVALUATED)
+        lines.append(f"    vs {name}: n {a['n']}, {shown}{pct}")
     return "\n".join(lines)
+
+
+_EVALUATED = (
+    ("accuracy", "accuracy"),
+    ("balanced_accuracy", "balanced"),
+    ("pm1_balanced_accuracy", "+-1 balanced"),
+    ("kappa", "quadratic kappa"),
+)
+
+
+def _interval(values: dict, key: str) -> str:
+    """A statistic and its 95 % interval, e.g. ``0.777 [0.741, 0.809]``."""
+    return f"{values[key]:.3f} [{values[key + '_low']:.3f}, {values[key + '_high']:.3f}]"
 
 
 def scoring(result: ScoreResult) -> str:
