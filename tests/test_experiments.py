@@ -106,5 +106,7 @@ def test_evaluate_prints_the_cdf_heads_figures_as_the_experiment_table_has_them(
     printed = capsys.readouterr().out
     table = pd.read_parquet(f"{experiment}/table.parquet")
     row = table.query("variant == 'cdf' and tta == 0 and split == 'test' and reference == 'ground truth'").iloc[0]
-    assert f"vs ground truth: n {row.n}, accuracy {row.accuracy:.3f}, balanced {row.balanced_accuracy:.3f}" in printed
+    accuracy = f"accuracy {row.accuracy:.3f} [{row.accuracy_low:.3f}, {row.accuracy_high:.3f}]"
+    balanced = f"balanced {row.balanced_accuracy:.3f} [{row.balanced_accuracy_low:.3f}, {row.balanced_accuracy_high:.3f}]"
+    assert f"vs ground truth: n {row.n}, {accuracy}, {balanced}" in printed
     assert f"% MAE {row.pct_mae:.1f}" in printed
