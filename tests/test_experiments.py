@@ -107,6 +107,7 @@ def test_evaluate_prints_the_cdf_heads_figures_as_the_experiment_table_has_them(
     table = pd.read_parquet(f"{experiment}/table.parquet")
     row = table.query("variant == 'cdf' and tta == 0 and split == 'test' and reference == 'ground truth'").iloc[0]
     accuracy = f"accuracy {row.accuracy:.3f} [{row.accuracy_low:.3f}, {row.accuracy_high:.3f}]"
-    balanced = f"balanced {row.balanced_accuracy:.3f} [{row.balanced_accuracy_low:.3f}, {row.balanced_accuracy_high:.3f}]"
+    low, high = row.balanced_accuracy_low, row.balanced_accuracy_high
+    balanced = f"balanced {row.balanced_accuracy:.3f} [{low:.3f}, {high:.3f}]"
     assert f"vs ground truth: n {row.n}, {accuracy}, {balanced}" in printed
     assert f"% MAE {row.pct_mae:.1f}" in printed
