@@ -39,6 +39,9 @@ def test_each_variant_differs_from_the_base_in_what_it_studies_only():
     assert described.startswith("vgg16 32 px, stages head, cross-entropy, class-weighted, random start")
 
 
+FIGURES = (("accuracy", "accuracy"), ("balanced", "balanced_accuracy"))  # as evaluate prints them, in order
+
+
 @pytest.fixture(scope="module")
 def experiment(ray_local, small_registry, tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("experiment"))
@@ -106,8 +109,7 @@ def test_evaluate_prints_the_cdf_heads_figures_as_the_experiment_table_has_them(
     printed = capsys.readouterr().out
     table = pd.read_parquet(f"{experiment}/table.parquet")
     row = table.query("variant == 'cdf' and tta == 0 and split == 'test' and reference == 'ground truth'").iloc[0]
-    accuracy = f"accuracy {row.accuracy:.3f} [{row.accuracy_low:.3f}, {row.accuracy_high:.3f}]"
-    low, high = row.balanced_accuracy_low, row.balanced_accuracy_high
-    balanced = f"balanced {row.balanced_accuracy:.3f} [{low:.3f}, {high:.3f}]"
-    assert f"vs ground truth: n {row.n}, {accuracy}, {balanced}" in printed
+    shown = [(label, getattr(row, s), getattr(row, s + "_low"), getattr(row, s + "_high")) for label, s in FIGURES]
+    figures = ", ".join(f"{label} {value:.3f} [{low:.3f}, {high:.3f}]" for label, value, low, high in shown)
+    assert f"vs ground truth: n {row.n}, {figures}" in printed
     assert f"% MAE {row.pct_mae:.1f}" in printed
