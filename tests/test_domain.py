@@ -81,6 +81,17 @@ def test_class_weights_reject_bad_labels():
         domain.balanced_class_weights([0, 7])
 
 
+def test_oversampling_brings_every_present_stage_to_about_the_commonest_count():
+    y = np.array([0] * 670 + [1] * 270 + [2] * 23 + [3] * 10 + [5] * 14)  # no stage 4
+    factors = domain.oversampling_factors(y)
+    assert factors.tolist() == [1, 2, 29, 67, 1, 48]  # round(670 / n_k); an absent stage keeps 1
+    counts = np.bincount(y, minlength=6) * factors
+    present = counts > 0
+    assert (np.abs(counts[present] - 670) <= 0.5 * np.bincount(y, minlength=6)[present]).all()  # within half a copy
+    with pytest.raises(ValueError, match="empty"):
+        domain.oversampling_factors(np.zeros(0, dtype=np.int64))
+
+
 def test_joint_vocabulary():
     assert domain.joint_problem("hand_left", "mcp3") is None
     assert domain.joint_problem("foot_right", "mtp5") is None

@@ -20,12 +20,14 @@ def test_each_variant_differs_from_the_base_in_what_it_studies_only():
     base = training.TrainConfig(data=labelled.LabelSet("registry", "ratings"), out="out", epochs=3, model=SMALL_MODEL)
     runs = experiments.variants("all", experiments.ExperimentConfig(base=base, vgg16_input_size=32))
     assert list(runs) == ["unweighted", "weighted", "cdf", "vgg16"]
+    runs |= experiments.variants("loss", experiments.ExperimentConfig(base=base))
     differences = {
         name: {f.name for f in dataclasses.fields(base) if getattr(run, f.name) != getattr(base, f.name)} - {"name"}
         for name, run in runs.items()
     }
     assert differences == {
         "unweighted": {"weighted_loss"},
+        "oversampled": {"weighted_loss", "oversample"},  # the thesis's model b: plain loss on oversampled data
         "weighted": {"weight_power"},  # the paper's balanced weights (power 1), whatever the recipe's default
         "cdf": {"model", "weighted_loss"},  # the thesis's regression: plain CRPS
         "vgg16": {"model"},
@@ -33,7 +35,11 @@ def test_each_variant_differs_from_the_base_in_what_it_studies_only():
     assert runs["weighted"].weight_power == 1.0
     assert runs["cdf"].model == dataclasses.replace(base.model, head="cdf")
     assert runs["vgg16"].model == ModelConfig(input_size=32, arch="vgg16")
-    assert list(experiments.variants("loss", experiments.ExperimentConfig(base=base))) == ["unweighted", "weighted"]
+    assert list(experiments.variants("loss", experiments.ExperimentConfig(base=base))) == [
+        "unweighted",
+        "oversampled",
+        "weighted",
+    ]
     assert list(experiments.variants("head", experiments.ExperimentConfig(base=base))) == ["weighted", "cdf"]
     described = experiments.describe(runs["vgg16"])
     assert described.startswith("vgg16 32 px, stages head, cross-entropy, class-weighted, random start")

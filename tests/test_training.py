@@ -5,6 +5,7 @@ has every stage in equal shares: with the source registry's mix a 40-patient val
 of joints of stages 3-5, so balanced accuracy would swing by chance more than a few epochs can learn.
 """
 
+import dataclasses
 import signal
 import subprocess
 import time
@@ -17,13 +18,14 @@ from conftest import SMALL_MODEL
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 from sklearn.utils.class_weight import compute_class_weight
 
+from erosion.core import domain
 from erosion.core.faults import Faults
 from erosion.core.split import split_of
 from erosion.io import storage
 from erosion.model import checkpoint
 from erosion.registry import synth
 from erosion.registry.preprocess import letterbox_batch
-from erosion.train import evaluate, labelled, recipe, training
+from erosion.train import evaluate, experiments, labelled, recipe, training
 
 pytestmark = pytest.mark.slow  # every test trains on the session's local Ray
 
@@ -152,6 +154,20 @@ def test_early_stopping_ends_the_run_at_the_first_epoch_the_rule_says(ray_local,
     assert stops[-1] or len(scores) == epochs  # and ended where it first said stop (or ran out of epochs)
     rates = [h["learning_rate"] for h in result.card.history]
     assert rates == pytest.approx([recipe.learning_rate(1e-3, e, epochs, "cosine", 1, 0.02) for e in range(len(rates))])
+
+
+def test_an_oversampled_run_sees_each_stage_repeated_and_the_plain_runs_optimizer_steps(
+    ray_local, small_registry, tmp_path
+):
+    config = _config(small_registry, str(tmp_path), "oversampled", epochs=1, oversample=True, weighted_loss=False)
+    labels = labelled.split_labels(config.data, "train")  # the registry's own mix, mostly stage 0
+    repeated = int(domain.oversampling_factors(labels)[labels].sum())
+    assert repeated > 2 * labels.size
+    result = training.train(config)
+    assert result.card.history[0]["train_rows"] == repeated  # every copy trained on once, none lost
+    assert result.card.train["oversample"] and not result.card.train["weighted_loss"]
+    budget = experiments.equal_steps(dataclasses.replace(config, epochs=40))
+    assert budget.epochs == round(40 * labels.size / repeated)  # the crops of 40 plain epochs
 
 
 def test_a_stopped_run_resumes_where_it_stopped(ray_local, train_registry, tmp_path):

@@ -146,6 +146,18 @@ def balanced_class_weights(labels: Iterable[int], num_classes: int = NUM_STAGES)
     return weights
 
 
+def oversampling_factors(labels: np.ndarray, num_classes: int = NUM_STAGES) -> np.ndarray:
+    """How many times each class's rows are repeated so that every present class comes to about the most
+    frequent one's count: round(n_max / n_k), at least 1 (the thesis's model b; an absent class gets 1)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    if counts.sum() == 0:
+        raise ValueError("labels must not be empty.")
+    factors = np.ones(num_classes, dtype=np.int64)
+    present = counts > 0
+    factors[present] = np.maximum(np.rint(counts.max() / counts[present]), 1)
+    return factors
+
+
 def _check_stage(stage: int, where: str = "") -> None:
     if not (isinstance(stage, int | np.integer) and 0 <= stage < NUM_STAGES):
         raise ValueError(f"a Ratingen stage must be an integer in 0..{NUM_STAGES - 1}, got {stage!r}{where}.")

@@ -2,7 +2,9 @@
 
 Each variant differs from a base training run in what it studies and nothing else:
 
-- ``loss`` (the paper's Table 2): the CNN with plain and with class-weighted cross-entropy;
+- ``loss`` (the paper's Table 2 and the thesis's models a, b, c): the CNN with plain cross-entropy, with plain
+  cross-entropy on minority stages oversampled to about equal counts (the thesis's model b; given the plain run's
+  optimizer steps, see :func:`equal_steps`), and with class-weighted cross-entropy;
 - ``head`` (the thesis's regression): the class-weighted classifier and the CDF head trained with plain CRPS (the
   thesis kept its unweighted regression model: weighting gave it larger errors, its Table 5);
 - ``all``: both, and VGG16 (the paper's transfer model; its own input size, ImageNet weights where a file is
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 import pandas as pd
 import pyarrow as pa
 
+from erosion.core import domain
 from erosion.core.settings import setting
 from erosion.io import storage
 from erosion.model import augment
@@ -32,7 +35,10 @@ from erosion.train import evaluate, labelled, training
 
 SPLITS = ("val", "test")
 KINDS = ("loss", "head", "all")
-KINDS_HELP = "loss: unweighted vs class-weighted (Table 2); head: classifier vs CDF head; all: both and VGG16"
+KINDS_HELP = (
+    "loss: unweighted, oversampled and class-weighted (Table 2, the thesis's models a-c); head: classifier vs CDF"
+    " head; all: both and VGG16"
+)
 
 
 @dataclass(frozen=True)
@@ -57,11 +63,16 @@ def variants(kind: str, config: ExperimentConfig) -> dict[str, training.TrainCon
     )
     runs = {
         "unweighted": dataclasses.replace(base, weighted_loss=False, name="unweighted"),
+        "oversampled": dataclasses.replace(base, weighted_loss=False, oversample=True, name="oversampled"),
         "weighted": dataclasses.replace(base, weighted_loss=True, weight_power=1.0, name="weighted"),
         "cdf": dataclasses.replace(base, weighted_loss=False, name="cdf", model=cdf_model),
         "vgg16": dataclasses.replace(base, weighted_loss=True, name="vgg16", model=vgg16_model),
     }
-    chosen = {"loss": ("unweighted", "weighted"), "head": ("weighted", "cdf"), "all": tuple(runs)}[kind]
+    chosen = {
+        "loss": ("unweighted", "oversampled", "weighted"),
+        "head": ("weighted", "cdf"),
+        "all": ("unweighted", "weighted", "cdf", "vgg16"),
+    }[kind]
     return {name: runs[name] for name in chosen}
 
 
@@ -73,10 +84,23 @@ def describe(settings: training.TrainConfig) -> str:
         words.append(f"width {model.width:g}")
     words.append("CDF head, CRPS" if model.head == "cdf" else "stages head, cross-entropy")
     words.append("class-weighted" if settings.weighted_loss else "unweighted")
+    if settings.oversample:
+        words.append("minority stages oversampled")
     if model.arch == "vgg16":
         start = "ImageNet weights" if settings.pretrained else "random start"
         words.append(f"{start}, {min(settings.frozen_epochs, settings.epochs)} frozen epochs")
     return ", ".join(words)
+
+
+def equal_steps(settings: training.TrainConfig) -> training.TrainConfig:
+    """An oversampled run given the optimizer steps of the same run without it: its epochs divided by how much
+    oversampling grows an epoch (at least one). The thesis trained its model b longer than the others; equal
+    steps compare the data, not the budget. Other runs as they are."""
+    if not settings.oversample:
+        return settings
+    labels = labelled.split_labels(settings.data, "train")
+    growth = domain.oversampling_factors(labels)[labels].sum() / labels.size
+    return dataclasses.replace(settings, epochs=max(1, round(settings.epochs / growth)))
 
 
 def compare(config: ExperimentConfig, runs: dict[str, training.TrainConfig]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -89,6 +113,7 @@ def compare(config: ExperimentConfig, runs: dict[str, training.TrainConfig]) -> 
     views = {0: None} | ({config.tta: augment.views(config.tta, seed=config.tta_seed)} if config.tta else {})
     rows, cells = [], []
     for name, settings in runs.items():
+        settings = equal_steps(settings)
         result = training.train(settings)
         for tta, view in views.items():
             for split in SPLITS:

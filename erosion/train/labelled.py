@@ -74,6 +74,13 @@ def decoded(rows: ray.data.Dataset, preprocess: dict) -> ray.data.Dataset:
     return rows.map_batches(_decode, fn_kwargs={"preprocess": preprocess}, batch_format="pyarrow", num_cpus=TASK_CPUS)
 
 
+def oversampled(rows: ray.data.Dataset, factors: list[int], seed: int) -> ray.data.Dataset:
+    """Each row of stage k repeated ``factors[k]`` times, then the whole set shuffled (seeded) so that the copies
+    of one crop spread over the epoch instead of filling a few batches; each copy is augmented anew in training."""
+    repeated = rows.map_batches(_repeat, fn_kwargs={"factors": factors}, batch_format="pyarrow", num_cpus=TASK_CPUS)
+    return repeated.random_shuffle(seed=seed)
+
+
 def split_labels(labels: LabelSet, split: str) -> np.ndarray:
     """Every stage of a split's labelled rows (one byte a joint, no images), streamed to the driver."""
     rows = labelled_split(labels, split, columns=("joint_id",))
@@ -122,6 +129,10 @@ def _label_split(
     return rows.append_column("label", pa.array(labels[position[rated]])).append_column(
         "pct", pa.array(pct[position[rated]])
     )
+
+
+def _repeat(batch: pa.Table, factors: list[int]) -> pa.Table:
+    return batch.take(np.repeat(np.arange(batch.num_rows), np.asarray(factors)[batch["label"].to_numpy()]))
 
 
 @functools.lru_cache(maxsize=1)

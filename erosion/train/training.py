@@ -87,6 +87,11 @@ class TrainConfig:
     weight_power: float = setting(
         "the balanced class weights n / (K n_k) raised to this power (1: the paper's; 0.5: softer, the recipe's)", 0.5
     )
+    oversample: bool = setting(
+        "the thesis's model b: each stage's training rows repeated to about the commonest stage's count (each copy"
+        " augmented anew; an epoch grows accordingly)",
+        False,
+    )
     seed: int = setting("seed of the weights, the shuffling and the augmentation", 0)
     shuffle_buffer: int = setting("rows each worker shuffles locally (blocks are also read in random order)", 1024)
     model: ModelConfig = setting("the architecture", factory=ModelConfig)
@@ -156,7 +161,7 @@ def train(config: TrainConfig) -> TrainResult:
             resources_per_worker={"CPU": config.cpus_per_worker} | _gpus(config),
         ),
         run_config=ray.train.RunConfig(name=config.name, **_storage(config), **_policies(config)),
-        datasets={split: _split(config, split) for split in ("train", "val")},
+        datasets={split: _split(config, split, train_labels) for split in ("train", "val")},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
     result = trainer.fit()
@@ -245,9 +250,11 @@ def _policies(config: TrainConfig) -> dict:
     }
 
 
-def _split(config: TrainConfig, split: str) -> ray.data.Dataset:
+def _split(config: TrainConfig, split: str, train_labels: np.ndarray) -> ray.data.Dataset:
     rows = labelled.labelled_split(config.data, split, columns=("joint_id", "image", "body_part"))
-    if split == "train":
+    if split == "train" and config.oversample:
+        rows = labelled.oversampled(rows, domain.oversampling_factors(train_labels).tolist(), config.seed)
+    elif split == "train":
         rows = rows.randomize_block_order(seed=config.seed)
     return labelled.decoded(rows, checkpoint.preprocess_settings(config.model, config.mirror))
 
