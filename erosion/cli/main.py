@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from erosion.cli import flags
 from erosion.io import leases, runs, storage
 from erosion.registry import ingest, synth, validate
-from erosion.report import queue, report, trends
+from erosion.report import embedding, queue, report, trends
 from erosion.score import scoring
 from erosion.train import evaluate, experiments, training
 from erosion.workflows import benchmark, demo, nightly, printing
@@ -79,6 +79,8 @@ _COMMANDS: dict[str, tuple[str, type, Callable, bool]] = {
                lambda c, _: printing.report(report.report(c), c.icc_form), False),
     "review": ("a review queue of the ratings the model disagrees with most; resolves re-rated ones",
                queue.ReviewConfig, lambda c, _: printing.reviewed(queue.queue(c)), False),
+    "embed": ("a run's embeddings as a t-SNE map by stage, and each joint's nearest rated neighbours",
+              embedding.EmbedConfig, lambda c, _: printing.embedded(embedding.map_embedding(c)), False),
     "nightly": ("one dated run: score (carrying unchanged joints over), Rau, report", nightly.NightlyConfig,
                 lambda c, _: _nightly(c), True),
     "runs": ("the committed runs under a folder, with their counts", storage.StorageOptions,

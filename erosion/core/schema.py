@@ -109,6 +109,21 @@ SCORES = pa.schema(
 )
 """Scores, one row per registry row per run: scored, or with its error."""
 
+
+def embeddings(width: int) -> pa.Schema:
+    """A scoring run's embeddings (``erosion score --embeddings``): one row per crop its model scored (not carried
+    over, not failed), the penultimate layer's ``width`` activations. Rows of one (model_version, fold) share a
+    space; neighbours and maps compare rows within one space only."""
+    return pa.schema(
+        [
+            pa.field("joint_id", pa.string(), nullable=False),
+            pa.field("model_version", pa.string(), nullable=False),  # the scores' model_version of the row
+            pa.field("fold", pa.int8(), nullable=False),  # the fold model that embedded it; -1: a single model
+            pa.field("embedding", pa.list_(pa.float16(), width), nullable=False),
+        ]
+    )
+
+
 PREDICTION_WIDTH = NUM_STAGES + 1
 """A model's prediction of one crop as scoring moves it: P(stage 0..5), then the predicted % (NaN: stages head)."""
 

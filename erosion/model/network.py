@@ -18,6 +18,11 @@ Either model ends in one of two heads: ``"stages"`` (the paper's), six logits wh
 on 101, holds their logits near unit spread and slowed learning a lot (the eight crops of ``tests/test_cdf.py``:
 a mean absolute error of 15.9 % after 150 steps with it, 2.2 % without). :func:`predict` turns either head's
 outputs into the same prediction per crop: the six stage probabilities and, for the CDF head, the predicted %.
+
+Each model's ``forward`` is ``output(embed(x))``: ``embed`` gives the penultimate layer's activations (the CNN's
+second dense block, VGG16's second dense layer; what the thesis mapped with t-SNE), ``output`` the last layer of
+them; :func:`predict_embedded` returns the embeddings beside the predictions in one pass (``erosion score
+--embeddings``).
 """
 
 from __future__ import annotations
@@ -69,6 +74,12 @@ class ModelConfig:
             raise ValueError(f"VGG16 needs input_size >= 32 for its five 2x2 poolings, got {self.input_size}.")
 
 
+def embedding_width(config: ModelConfig) -> int:
+    """The width of the model's penultimate layer (:meth:`ErosionCNN.embed`): the CNN's second dense block, VGG16's
+    second dense layer."""
+    return 4096 if config.arch == "vgg16" else round(256 * config.width)
+
+
 def build_model(config: ModelConfig) -> nn.Module:
     """The model ``config.arch`` names, with random weights (seeded by ``torch.manual_seed``)."""
     return ErosionVGG16(config) if config.arch == "vgg16" else ErosionCNN(config)
@@ -101,9 +112,19 @@ class ErosionCNN(nn.Module):
         else:  # no batch norm on the 101 bins: it holds their logits near unit spread, which slows learning a lot
             dense.append(nn.Linear(units[-1], cdf.BINS))
         self.head = nn.Sequential(*dense)
+        self.output_layers = 2 if config.head == "stages" else 1  # the last linear layer (and its batch norm)
+        self.embedding_width = embedding_width(config)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, embedding_width) the penultimate layer's activations: the second dense block's output."""
+        return self.head[: -self.output_layers](self.features(x))
+
+    def output(self, embedding: torch.Tensor) -> torch.Tensor:
+        """The logits of :meth:`embed`'s activations: the last linear layer (stages head: and its batch norm)."""
+        return self.head[-self.output_layers :](embedding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.output(self.embed(x))
 
 
 class ErosionVGG16(nn.Module):
@@ -124,10 +145,19 @@ class ErosionVGG16(nn.Module):
         self.features, self.avgpool, self.classifier = vgg.features, vgg.avgpool, vgg.classifier
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.embedding_width = embedding_width(config)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 4096) the penultimate layer's activations: the classifier's second dense layer after its ReLU."""
+        x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std  # grey -> RGB, as ImageNet's weights expect
+        return self.classifier[:-1](torch.flatten(self.avgpool(self.features(x)), 1))
+
+    def output(self, embedding: torch.Tensor) -> torch.Tensor:
+        """The logits of :meth:`embed`'s activations: the replaced last layer."""
+        return self.classifier[-1](embedding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std  # grey -> RGB, as ImageNet's weights expect
-        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+        return self.output(self.embed(x))
 
 
 def file_sha256(path: str) -> str:
@@ -179,25 +209,51 @@ def predict(model: nn.Module, pixels: np.ndarray, views: torch.Tensor | None = N
     (:func:`for_inference`). On a GPU the batch runs under bf16 autocast (as in training); on a CPU in chunks of
     about ``CPU_CHUNK_PIXELS`` input pixels, whose activations stay in cache (2-3x faster than 256 crops at once).
     """
+    return _predict(model, pixels, views, embed=False)[0]
+
+
+def predict_embedded(
+    model: nn.Module, pixels: np.ndarray, views: torch.Tensor | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`predict`'s (N, 7) predictions and the (N, embedding_width) float16 penultimate-layer embeddings of the
+    same crops (``model.embed``; with ``views``, the mean embedding over the transformed copies), in one pass."""
+    return _predict(model, pixels, views, embed=True)
+
+
+def _predict(
+    model: nn.Module, pixels: np.ndarray, views: torch.Tensor | None, embed: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`predict`, and the embeddings where ``embed`` asks for them (else None)."""
     if not len(pixels):
-        return np.zeros((0, PREDICTION_WIDTH), np.float32)
+        empty = np.zeros((0, model.embedding_width), np.float16) if embed else None
+        return np.zeros((0, PREDICTION_WIDTH), np.float32), empty
     device = next(model.parameters()).device
     if device.type == "cpu":
         chunk = max(1, CPU_CHUNK_PIXELS // pixels[0].size)
         if len(pixels) > chunk:
-            return np.concatenate([predict(model, pixels[i : i + chunk], views) for i in range(0, len(pixels), chunk)])
+            parts = [_predict(model, pixels[i : i + chunk], views, embed) for i in range(0, len(pixels), chunk)]
+            embedded = np.concatenate([e for _, e in parts]) if embed else None
+            return np.concatenate([p for p, _ in parts]), embedded
     batch = torch.from_numpy(pixels).to(device, non_blocking=True).unsqueeze(1).float().div_(255)
     copies = [batch] if views is None else [transform(batch, view) for view in views]
     with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, device.type == "cuda"):
-        total = 0
+        total, features = 0, 0
         for copy in copies:
-            outputs = model(copy.contiguous(memory_format=torch.channels_last))
+            inputs = copy.contiguous(memory_format=torch.channels_last)
+            if embed:
+                embedding = model.embed(inputs)
+                features = features + embedding.float()
+                outputs = model.output(embedding)
+            else:
+                outputs = model(inputs)
             total = total + torch.softmax(outputs.float(), dim=1)
         mass = total / len(copies)
+        embedded = (features / len(copies)).half().cpu().numpy() if embed else None
         if mass.shape[1] == NUM_STAGES:
             pct = torch.full((len(mass), 1), float("nan"), device=device)
-            return torch.cat([mass, pct], dim=1).cpu().numpy()
-        return torch.cat([cdf.stage_probabilities(mass), cdf.expected_pct(mass)[:, None]], dim=1).cpu().numpy()
+            return torch.cat([mass, pct], dim=1).cpu().numpy(), embedded
+        predicted = torch.cat([cdf.stage_probabilities(mass), cdf.expected_pct(mass)[:, None]], dim=1)
+        return predicted.cpu().numpy(), embedded
 
 
 def probabilities(model: nn.Module, pixels: np.ndarray, views: torch.Tensor | None = None) -> np.ndarray:

@@ -13,6 +13,9 @@ whatever its name) becomes a PNG of its displayed grey values (``erosion.registr
 the registry's extra columns (``schema.PROVENANCE``). A row with a missing or unreadable image, an unparsable
 date, an unknown joint or a label out of range goes to the error report with its CSV line and reason; everything
 else is ingested.
+
+A second CSV, of disease activity (``--activity``: patient, date, DAS28-ESR / DAS28-CRP as stored or their
+components), becomes the ``activity`` table (``erosion.core.activity``), its rejected rows ``activity_errors``.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ import posixpath
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from erosion.core import domain, schema
+from erosion.core import activity, domain, schema
 from erosion.core.settings import setting
 from erosion.io import runs, storage
 from erosion.registry import dicom
@@ -58,18 +62,43 @@ class ColumnMap:
     joints: dict[str, str] = field(default_factory=default_wide_joints)  # wide form: column -> "body_part/joint"
 
 
+@dataclass(frozen=True)
+class ActivityColumns:
+    """Which column of the disease-activity CSV holds what; a component or score column may be absent."""
+
+    patient_id: str = "patient_id"
+    date: str = "date"  # of the assessment
+    tender_28: str = "tender_28"  # tender joints of 28
+    swollen_28: str = "swollen_28"  # swollen joints of 28
+    esr: str = "esr"  # mm/h
+    crp: str = "crp"  # mg/L
+    global_health: str = "global_health"  # patient global, 0-100 mm
+    das28_esr: str = "das28_esr"  # as stored; computed from the components where empty
+    das28_crp: str = "das28_crp"
+
+
 def load_column_map(path: str | None) -> ColumnMap:
     """A ColumnMap from a JSON object whose keys are ColumnMap fields; None gives the defaults."""
+    return _load_columns(ColumnMap, path)
+
+
+def load_activity_columns(path: str | None) -> ActivityColumns:
+    """ActivityColumns from a JSON object whose keys are its fields; None gives the defaults."""
+    return _load_columns(ActivityColumns, path)
+
+
+def _load_columns(kind: type, path: str | None):
+    """A column map of ``kind`` from a JSON object whose keys are its fields; any key left out keeps its default."""
     if path is None:
-        return ColumnMap()
+        return kind()
     with open(path) as f:
         content = json.load(f)
-    unknown = set(content) - {f.name for f in fields(ColumnMap)}
+    unknown = set(content) - {f.name for f in fields(kind)}
     if unknown:
         raise ValueError(
-            f"unknown keys {sorted(unknown)} in {path}; expected some of {[f.name for f in fields(ColumnMap)]}."
+            f"unknown keys {sorted(unknown)} in {path}; expected some of {[f.name for f in fields(kind)]}."
         )
-    return ColumnMap(**content)
+    return kind(**content)
 
 
 @dataclass(frozen=True)
@@ -78,7 +107,7 @@ class IngestConfig:
 
     labels: str = setting("the CSV file (local or s3://)")
     images: str = setting("the folder of crops (local or s3://)")
-    out: str = setting("receives registry/, ratings/, ingest_errors/ and manifest.json")
+    out: str = setting("receives registry/, ratings/, ingest_errors/, manifest.json (and activity/, activity_errors/)")
     form: str = setting("wide (a row per radiograph) or long (a row per joint)", "wide", choices=("wide", "long"))
     label_kind: str = setting(
         "pct: labels are % eroded surface; stage: Ratingen stages 0-5", "pct", choices=("pct", "stage")
@@ -91,6 +120,14 @@ class IngestConfig:
     )
     rows_per_file: int = setting("joints per registry Parquet file", 5_000)
     chunk_rows: int = setting("CSV rows read at a time", 1_000)
+    activity: str | None = setting(
+        "a CSV of disease activity: patient, date, DAS28-ESR / -CRP or their components (see README)", None
+    )
+    activity_columns: ActivityColumns = setting(
+        "a JSON file mapping the activity CSV's columns (see README)",
+        factory=ActivityColumns,
+        parse=load_activity_columns,
+    )
 
 
 @dataclass
@@ -121,8 +158,11 @@ def ingest(config: IngestConfig, options: storage.StorageOptions | None = None) 
         raise ValueError(
             f"form must be wide or long and label_kind pct or stage, got {config.form}, {config.label_kind}."
         )
-    check_csv(config.labels, options)  # a malformed CSV is refused before anything is written
+    for csv_file in (config.labels, config.activity):
+        if csv_file:
+            check_csv(csv_file, options)  # a malformed CSV is refused before anything is written
     out = config.out.rstrip("/")
+    activity_rows = _ingest_activity(config, out, options) if config.activity else {}
     images_fs, images_path = storage.filesystem(config.images, options)
     registry = storage.TableWriter(f"{out}/registry", schema.INGESTED, config.rows_per_file, options)
     ratings = storage.TableWriter(f"{out}/ratings", schema.RATINGS, 10 * config.rows_per_file, options)
@@ -162,7 +202,7 @@ def ingest(config: IngestConfig, options: storage.StorageOptions | None = None) 
     manifest = runs.RunManifest(
         kind="ingest",
         committed_at=runs.now(),
-        rows={"registry": registry.rows, "ratings": ratings.rows, "errors": errors.rows},
+        rows={"registry": registry.rows, "ratings": ratings.rows, "errors": errors.rows} | activity_rows,
         config=asdict(config),
     )
     storage.write_json(f"{out}/{runs.MANIFEST}", manifest.to_json(), options)
@@ -212,13 +252,74 @@ def _records(config: IngestConfig, options: storage.StorageOptions | None) -> It
             yield chunk
 
 
-def _parse_date(text: str, date_format: str | None) -> dt.date:
+def _parse_date(text: str, date_format: str | None, column: str = "visit_date") -> dt.date:
     try:
         return dt.datetime.strptime(text, date_format).date() if date_format else dt.date.fromisoformat(text)
     except ValueError:
         raise _RowError(
-            "visit_date", f"unparsable date {text!r} (expected {date_format or 'ISO 8601, e.g. 2019-03-14'})"
+            column, f"unparsable date {text!r} (expected {date_format or 'ISO 8601, e.g. 2019-03-14'})"
         ) from None
+
+
+def _ingest_activity(config: IngestConfig, out: str, options: storage.StorageOptions | None) -> dict[str, int]:
+    """Write the activity CSV as ``activity/`` (``activity.SCHEMA``: scores as stored, else computed from the
+    components) and its rejected rows as ``activity_errors/``; returns both row counts."""
+    table = storage.TableWriter(f"{out}/activity", activity.SCHEMA, 10 * config.rows_per_file, options)
+    errors = storage.TableWriter(f"{out}/activity_errors", ERRORS, 10 * config.rows_per_file, options)
+    cols = config.activity_columns
+    values = (*activity.COMPONENTS, *activity.SCORES)
+    seen: dict[tuple[str, dt.date], int] = {}
+    fs, path = storage.filesystem(config.activity, options)
+    with fs.open(path, "r") as f:
+        for number, frame in enumerate(pd.read_csv(f, dtype=str, keep_default_na=False, chunksize=config.chunk_rows)):
+            missing = [c for c in (cols.patient_id, cols.date) if c not in frame.columns]
+            if missing:
+                raise ValueError(f"{config.activity} lacks the columns {missing}; it has {list(frame.columns)}.")
+            rows, problems = [], []
+            for offset, row in enumerate(frame.to_dict("records")):
+                line = number * config.chunk_rows + offset + 2
+                key = f"{row[cols.patient_id]}/{row[cols.date]}"
+                try:
+                    rows.append((line, key, *_assessment(row, cols, values, config.date_format, seen, line)))
+                except _RowError as error:
+                    problems.append((line, key, error.column, error.reason))
+            scored = activity.complete(pd.DataFrame(rows, columns=["line", "key", "patient_id", "date", *values]))
+            unscored = scored[list(activity.SCORES)].isna().all(axis=1)
+            reason = "no DAS28: none stored, and the components lack tender_28, swollen_28 or both of esr and crp"
+            problems += [(line, key, "das28", reason) for line, key in scored.loc[unscored, ["line", "key"]].values]
+            table.write(activity.to_table(scored[~unscored]))
+            if problems:
+                rejected = [dict(zip(ERRORS.names, p, strict=True)) for p in sorted(problems)]
+                errors.write(pa.Table.from_pylist(rejected, ERRORS))
+    table.close()
+    errors.close()
+    return {"activity": table.rows, "activity_errors": errors.rows}
+
+
+def _assessment(
+    row: dict, cols: ActivityColumns, values: tuple[str, ...], date_format: str | None, seen: dict, line: int
+) -> tuple:
+    """(patient_id, date, *values as floats, NaN where empty) of one activity CSV row; a _RowError says why not."""
+    patient_id = row[cols.patient_id].strip()
+    if not patient_id:
+        raise _RowError(cols.patient_id, "empty patient_id")
+    date = _parse_date(row[cols.date], date_format, cols.date)
+    if (patient_id, date) in seen:
+        raise _RowError(cols.date, f"a second assessment of {patient_id} on {date} (line {seen[patient_id, date]})")
+    parsed = []
+    for name in values:
+        column = getattr(cols, name)
+        text = str(row.get(column, "")).strip()
+        try:
+            value = float(text) if text else np.nan
+        except ValueError:
+            raise _RowError(column, f"{name} {text!r} is not a number") from None
+        problem = None if np.isnan(value) else activity.value_problem(name, value)
+        if problem:
+            raise _RowError(column, problem)
+        parsed.append(value)
+    seen[patient_id, date] = line
+    return (patient_id, date, *parsed)
 
 
 def _rating(record: _Record, label_kind: str) -> tuple[float | None, int] | None:

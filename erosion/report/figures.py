@@ -1,4 +1,5 @@
-"""The report's plots as PNG bytes: confusion matrices (counts and row-normalised) and the agreement Venn diagram."""
+"""The report's plots as PNG bytes: confusion matrices (counts and row-normalised), the agreement Venn diagram, Rau
+against DAS28."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Circle  # noqa: E402
 
+from erosion.core import activity  # noqa: E402
 from erosion.core.domain import NUM_STAGES  # noqa: E402
 
 
@@ -128,6 +130,37 @@ def reliability_diagram(calibration: dict) -> bytes:
     curve.legend(loc="upper left", fontsize=8)
     counts.set(xlabel="confidence of the top stage", ylabel="joints", title="joints per bin")
     counts.legend(fontsize=8)
+    return to_png(fig)
+
+
+BAND_COLOURS = {"remission": "tab:green", "low": "tab:olive", "moderate": "tab:orange", "high": "tab:red"}
+
+
+def activity_plot(relation: activity.Relation) -> bytes:
+    """Rau against DAS28 as PNG: a column per score (ESR, CRP), the visits above (Rau at the visit against its
+    DAS28), the intervals below (Rau change per year against the mean DAS28 of the two visits); the activity bands
+    shaded, each panel's Spearman rho with its patient-clustered interval in the title."""
+    summary = relation.summary.set_index(["relation", "score"])
+    scores = list(dict.fromkeys(relation.summary["score"]))
+    panels = (
+        (activity.RELATIONS[0], relation.visits, "rau", "Rau score at the visit"),
+        (activity.RELATIONS[1], relation.intervals, "rau_change_per_year", "Rau change per year"),
+    )
+    fig, axes = plt.subplots(2, len(scores), figsize=(5.2 * len(scores), 8.4), squeeze=False, constrained_layout=True)
+    for column, score in enumerate(scores):
+        for row, (name, frame, value, label) in enumerate(panels):
+            ax, result = axes[row, column], summary.loc[(name, score)]
+            for band, low, high in activity.BANDS:
+                ax.axvspan(low, min(high, 10.0), color=BAND_COLOURS[band], alpha=0.12, linewidth=0, label=band)
+            ax.scatter(frame[score], frame[value], s=9, alpha=0.6, color="black", linewidth=0)
+            kind = score.removeprefix("das28_").upper()
+            mean = " (mean of the two visits)" if row else ""
+            ax.set(xlim=(0, 9), xlabel=f"DAS28-{kind}{mean}", ylabel=label)
+            interval = f"rho {result['rho']:.2f} ({result['low']:.2f} to {result['high']:.2f})"
+            rho = "rho undefined" if np.isnan(result["rho"]) else interval
+            counts = f"n = {int(result['n']):,}, {int(result['patients']):,} patients"
+            ax.set_title(f"{name}: {rho}\n{counts}", fontsize=10)
+    axes[0, 0].legend(loc="upper left", fontsize=8, title="DAS28 band", title_fontsize=8)
     return to_png(fig)
 
 

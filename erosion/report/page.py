@@ -16,6 +16,7 @@ from erosion.core.domain import ALL_JOINTS
 from erosion.report import figures
 
 if TYPE_CHECKING:
+    from erosion.core.activity import Relation
     from erosion.io.runs import RunManifest
     from erosion.report.cam import Explanation
     from erosion.report.tables import Tables
@@ -55,12 +56,15 @@ def render(
     context: Context,
     explained: Sequence[Explanation] = (),
     estimated: pd.DataFrame | None = None,
+    activity: Relation | None = None,
+    window_days: int = 90,
 ) -> str:
     """The whole page as one HTML document (plots inline as PNG data, so the file stands alone).
 
     ``explained``: the joints with Grad-CAM heat maps (:func:`erosion.report.report.explain`),
     in a section of their own; ``estimated``: the expected agreement on joints nobody rated
-    (:func:`erosion.report.report.estimated_agreement`).
+    (:func:`erosion.report.report.estimated_agreement`); ``activity``: Rau against DAS28, each visit joined to
+    the nearest assessment within ``window_days`` (:func:`erosion.report.report.relate_activity`).
     """
     pairs = tables.agreement
     overall = pairs[pairs["subset"] == ALL_JOINTS]
@@ -100,7 +104,9 @@ def render(
     parts += [
         _calibration_section(context.calibration, plots),
         _estimated_section(estimated),
+        _activity_section(activity, plots, window_days),
         _cam_section(explained, context.model, humans),
+        _embedding_section(plots),
         _reading(),
         _notes(pairs),
     ]
@@ -253,6 +259,18 @@ def _venn_section(venn: pd.DataFrame, plots: dict[str, bytes]) -> str:
     return "<h2>Venn diagram of agreement (venn.parquet)</h2>" + figure(plots["venn.png"], caption)
 
 
+def _embedding_section(plots: dict[str, bytes]) -> str:
+    """The run's t-SNE map of its crops' embeddings (``erosion embed``), where one was made before this report."""
+    if "embedding.png" not in plots:
+        return ""
+    caption = (
+        "A sample of the run's crops, placed by t-SNE so that crops whose penultimate-layer activations are alike lie"
+        " close, coloured by the predicted stage (and by the rated stage, where rated): stages that mix in one"
+        " place are crops the model finds alike. Distances between clusters mean little (erosion embed)."
+    )
+    return "<h2>The model's view of the crops (embedding/map.png)</h2>" + figure(plots["embedding.png"], caption)
+
+
 def _calibration_section(calibration: dict | None, plots: dict[str, bytes]) -> str:
     if not calibration:
         note = "The model card holds no calibration: its probabilities are as trained."
@@ -294,6 +312,39 @@ def _estimated_section(estimated: pd.DataFrame | None) -> str:
         " has rated (out of sample), the same estimate beside what was measured checks it."
     )
     return "<h2>Estimated agreement before ratings arrive</h2>" + table(caption, frame)
+
+
+def _activity_section(relation: Relation | None, plots: dict[str, bytes], window_days: int) -> str:
+    if relation is None:
+        return ""
+    summary = relation.summary
+    frame = pd.DataFrame(
+        {
+            "Relation": summary["relation"],
+            "Score": summary["score"].str.replace("das28_", "DAS28-").str.upper(),
+            "Pairs": summary["n"].map("{:,}".format),
+            "Patients": summary["patients"].map("{:,}".format),
+            "Without a DAS28": summary["without_das28"].map("{:,}".format),
+            "Spearman rho (95 % CI)": _column(summary, "rho", "{:.3f}", low="low", high="high"),
+        }
+    )
+    caption = (
+        f"Table 7. Rau against disease activity (activity.parquet; the pairs in activity_visits.parquet and"
+        f" activity_intervals.parquet). Each visit takes the DAS28 of the patient's assessment nearest in time within"
+        f" {window_days} days (of two equally near, the earlier); an interval between consecutive visits takes the"
+        " mean of the two visits' DAS28 and the Rau change per year."
+    )
+    parts = [
+        "<h2>Disease activity and erosion</h2>",
+        "<p>How the Rau score relates to disease activity (DAS28), as the thesis behind the paper asked (it found"
+        " only a very weak correlation). Spearman's rho; its interval is a percentile bootstrap that draws whole"
+        " patients (2,000 draws), since the visits of one patient are not independent. Bands: remission below 2.6,"
+        " low below 3.2, moderate up to 5.1, high above 5.1.</p>",
+        table(caption, frame),
+    ]
+    if "activity.png" in plots:
+        parts.append(figure(plots["activity.png"], "Rau against DAS28 with the activity bands (figures/activity.png)."))
+    return "\n".join(parts)
 
 
 def _cam_section(explained: Sequence[Explanation], model: str, humans: list[str]) -> str:

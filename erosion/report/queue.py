@@ -29,10 +29,13 @@ from erosion.core import review
 from erosion.core.domain import NUM_STAGES, joint_type
 from erosion.core.settings import setting
 from erosion.io import runs, storage
-from erosion.report import cam, page
+from erosion.report import cam, embedding, page
 
 QUEUE_COLUMNS = ["rank", "joint_id", "patient_id", "joint", "rater", "rating", "score", "score_quadratic", "flagged",
-                 "confident_stage", "in_sample", "probs"]  # fmt: skip
+                 "confident_stage", "in_sample", "neighbours", "probs"]  # fmt: skip
+RANK_TEXT = {"model": "the model's distance", "neighbours": "the neighbours' disagreement", "sum": "the sum of the two"}
+RANKINGS = tuple(RANK_TEXT)
+"""What the queue ranks by: the model's expected distance, the rated neighbours' disagreement, or their sum."""
 RESOLVED_COLUMNS = ["joint_id", "rater", "rating", "queued_in", "rank", "score", "resolved_in", "second_rater",
                     "second_rating", "outcome"]  # fmt: skip
 """A resolved item: the queued rating, when it was queued (the review's commit time) and at which rank, when a
@@ -54,6 +57,13 @@ class ReviewConfig:
         choices=("absolute", "quadratic"),
     )
     max_share: float = setting("no joint type and no rated stage takes more than this share of the places", 0.3)
+    rank_by: str = setting(
+        "model: the model's distance; neighbours: the mean |stage - rating| of the k nearest rated joints by"
+        " embedding (a run scored with --embeddings); sum: the two added (both in stages)",
+        "model",
+        choices=RANKINGS,
+    )
+    neighbours: int = setting("k: rated neighbours per joint, where the run has embeddings", 10)
     in_sample: bool = setting("also queue joints of patients the model trained on (flagged in_sample)", False)
     corrupted: str = setting("synthetic registries: the corrupted/ table, to measure precision and recall", "")
     registry: str = setting("where the queued crops come from; default the scoring run's registry", "")
@@ -135,11 +145,48 @@ def rank(frame: pd.DataFrame, config: ReviewConfig) -> pd.DataFrame:
         rater=config.rater,
     )
     scored["flagged"] = (scored["confident_stage"] >= 0) & (scored["confident_stage"] != scored["rating"])
-    by = scored["score" if config.distance == "absolute" else "score_quadratic"].to_numpy()
-    strata = [scored["joint"].map(joint_type).to_numpy(), ratings]
-    chosen = review.stratified_order(by, strata, config.top, config.max_share)
+    model = _model_distance(probs, scored, config)
+    chosen = _order(scored, _ranked_by(model, scored["neighbours"].to_numpy(np.float64), config.rank_by), config)
     queue = scored.iloc[chosen].assign(rank=np.arange(1, len(chosen) + 1))
     return queue[QUEUE_COLUMNS].reset_index(drop=True)
+
+
+def _model_distance(probs: np.ndarray, frame: pd.DataFrame, config: ReviewConfig) -> np.ndarray:
+    """(N,) the model's expected distance from each rating, absolute or quadratic as ``config.distance`` says."""
+    ratings = frame["rating"].to_numpy().astype(np.int64)
+    return review.expected_distance(probs, ratings, 1 if config.distance == "absolute" else 2)
+
+
+def _ranked_by(model: np.ndarray, neighbours: np.ndarray, rank_by: str) -> np.ndarray:
+    """The values the queue ranks by (``RANKINGS``); a joint without neighbours ranks last where they count."""
+    if rank_by == "model":
+        return model
+    signal = neighbours if rank_by == "neighbours" else model + neighbours
+    return np.where(np.isnan(signal), -np.inf, signal)
+
+
+def _order(frame: pd.DataFrame, by: np.ndarray, config: ReviewConfig) -> np.ndarray:
+    """The queued rows of ``frame`` by ``by``, stratified by joint type and rated stage."""
+    strata = [frame["joint"].map(joint_type).to_numpy(), frame["rating"].to_numpy().astype(np.int64)]
+    return review.stratified_order(by, strata, config.top, config.max_share)
+
+
+def neighbour_signal(run: runs.RunManifest, frame: pd.DataFrame, ratings: pd.DataFrame, config: ReviewConfig):
+    """(N,) for each candidate of ``frame``: the mean |stage - rating| of its ``config.neighbours`` nearest joints
+    rated by the rater (by embedding, same space, other patients); NaN where the run has no embedding of it."""
+    if "embeddings" not in run.outputs:
+        if config.rank_by != "model":
+            raise ValueError(f"--rank-by {config.rank_by} needs a run scored with --embeddings; {run.run} was not.")
+        return np.full(len(frame), np.nan)
+    valid = ratings[(ratings["rater"] == config.rater) & ratings["ratingen"].between(0, NUM_STAGES - 1)]
+    valid = valid.drop_duplicates("joint_id", keep="last")
+    stages = pd.Series(valid["ratingen"].to_numpy(np.int64), index=pd.Index(valid["joint_id"], dtype=object))
+    embedded = embedding.read(run, config.options)
+    position = pd.Index(embedded.joints["joint_id"]).get_indexer(frame["joint_id"])
+    listed = embedding.rated_neighbours(embedded, position[position >= 0], stages, config.neighbours)
+    signal = np.full(len(frame), np.nan)
+    signal[position >= 0] = listed["disagreement"].to_numpy()
+    return signal
 
 
 def evaluate(frame: pd.DataFrame, queue: pd.DataFrame, corrupted: set[str], config: ReviewConfig) -> pd.DataFrame:
@@ -150,10 +197,15 @@ def evaluate(frame: pd.DataFrame, queue: pd.DataFrame, corrupted: set[str], conf
     places = min(config.top, len(frame))
     position = pd.Index(frame["joint_id"]).get_indexer(queue["joint_id"])
     orders = {
-        f"review queue ({config.distance} distance, stratified)": position,
+        f"review queue ({config.distance} distance, ranked by {config.rank_by}, stratified)": position,
         "random queue": np.random.default_rng(config.seed).permutation(len(frame))[:places],
         "lowest maximum probability": np.argsort(probs.max(axis=1), kind="stable")[:places],
     }
+    neighbours = frame["neighbours"].to_numpy(np.float64)
+    if not np.isnan(neighbours).all():  # the other rankings beside it, where the run has embeddings
+        model = _model_distance(probs, frame, config)
+        for other in (r for r in RANKINGS if r != config.rank_by):
+            orders[f"ranked by {other}, stratified"] = _order(frame, _ranked_by(model, neighbours, other), config)
     rows = []
     for name, order in orders.items():
         precision, recall = review.precision_recall(order, wrong)
@@ -186,6 +238,7 @@ def build(config: ReviewConfig, folder: str) -> ReviewResult:
     frame = frame[~done]
     accounting.append(("left out, re-rated by another rater", int(frame["re_rated"].sum())))
     frame = frame[~frame["re_rated"]].reset_index(drop=True)
+    frame["neighbours"] = neighbour_signal(run, frame, ratings, config)
     accounting.append(("candidates", len(frame)))
     queue = rank(frame, config)
     accounting.append(("queued", len(queue)))
@@ -297,6 +350,10 @@ def _page(
         " stage, the most probable among those whose probability reaches the mean probability that stage gets on"
         " the joints rated with it, differs from the rating). A second rating of a queued joint, ingested as"
         " another rater, resolves it at the next review.</p>",
+        f"<p><b>Neighbours</b>: the mean |stage - rating| of the {config.neighbours} joints the rater rated whose"
+        " crops the model embeds nearest (its penultimate layer; other patients only; '-': the run was scored"
+        " without --embeddings), a second signal that never looks at the model's probabilities. The queue is ranked"
+        f" by {RANK_TEXT[config.rank_by]}.</p>",
         f"<p class='note'>Scores: run {html.escape(run.run_id)}, model {html.escape(run.model_version)}"
         + (" (in-sample joints included and marked)." if config.in_sample else " (out-of-sample joints only).")
         + "</p>",
@@ -333,6 +390,7 @@ def _listing(queue: pd.DataFrame, panels: dict[str, bytes | str]) -> pd.DataFram
             "Flagged": queue["flagged"].map({True: "yes", False: "no"}),
             "Confident stage": queue["confident_stage"].map(lambda s: "none" if s < 0 else str(s)),
             "In sample": queue["in_sample"].map({True: "yes", False: "no"}),
+            "Neighbours": queue["neighbours"].map(lambda v: "-" if np.isnan(v) else f"{v:.2f}"),
             "Crop, Grad-CAM, probabilities (joint id)": cells,
         }
     )

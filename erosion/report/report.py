@@ -8,7 +8,7 @@ duplicate, a rating of a joint the run did not score) are left out and counted, 
 accounted for. The tables are pure functions of the joined stages (:mod:`erosion.report.tables`);
 :func:`build` reads, writes Parquet, plots and renders the page; :func:`report` does it atomically (a run
 folder, committed when complete). On request, :func:`explain` adds Grad-CAM heat maps of the joints the model
-and the humans disagree on most.
+and the humans disagree on most, and :func:`relate_activity` the run's Rau scores against disease activity (DAS28).
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from erosion.core import agreement
+from erosion.core import activity, agreement
 from erosion.core.domain import ALL_JOINTS, NUM_STAGES
 from erosion.core.settings import setting
-from erosion.core.split import SPLITS
+from erosion.core.split import SPLITS, split_of
 from erosion.io import runs, storage
 from erosion.io.ratings import rater_stages
 from erosion.model import models
-from erosion.report import cam, figures, page, tables
+from erosion.report import cam, embedding, figures, page, tables
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,10 @@ class ReportConfig:
     venn: tuple[str, ...] = setting("three comma-separated raters (default: the model and two humans)", ())
     cam: int = setting("Grad-CAM heat maps of this many most disagreed-on joints (0: none)", 0)
     registry: str = setting("the registry table the heat maps' crops come from; default the run's registry", "")
+    activity: str = setting(
+        "a disease-activity table (erosion ingest --activity, erosion synth): Rau against DAS28", ""
+    )
+    activity_window_days: int = setting("a visit takes the nearest DAS28 within this many days", 90)
     options: storage.StorageOptions = setting("S3 settings", factory=storage.StorageOptions)
 
 
@@ -61,6 +65,7 @@ class ReportResult:
     raters: list[str]
     tables: tables.Tables
     estimated: pd.DataFrame | None = None  # estimated_agreement's table; None: the model is not calibrated
+    activity: activity.Relation | None = None  # Rau against DAS28; None: no activity table was given
 
 
 def build(config: ReportConfig, folder: str, run: runs.RunManifest | None = None) -> ReportResult:
@@ -115,6 +120,9 @@ def build(config: ReportConfig, folder: str, run: runs.RunManifest | None = None
     plots = figures.confusion_plots(result.confusion, ALL_JOINTS) | figures.venn_plot(result.venn)
     if calibration:
         plots["reliability.png"] = figures.reliability_diagram(calibration)
+    mapped = embedding.map_figure(config.scores, config.options)
+    if mapped:
+        plots["embedding.png"] = mapped
     for name, png in plots.items():
         storage.write_bytes(f"{folder}/figures/{name}", png, config.options)
     patient_of = dict(zip(scores["joint_id"], scores["patient_id"], strict=True))
@@ -126,9 +134,33 @@ def build(config: ReportConfig, folder: str, run: runs.RunManifest | None = None
     estimated = estimated_agreement(config, run, calibrated_against) if calibrated_against else None
     if estimated is not None:
         storage.write_table(f"{folder}/estimated.parquet", pa.Table.from_pandas(estimated), config.options)
-    content = page.render(result, raters, plots, context, explained, estimated)
+    related = relate_activity(config, run) if config.activity else None
+    if related is not None:
+        frames = {
+            "activity": related.summary,
+            "activity_visits": related.visits,
+            "activity_intervals": related.intervals,
+        }
+        for name, frame in frames.items():
+            storage.write_table(f"{folder}/{name}.parquet", pa.Table.from_pandas(frame), config.options)
+        if len(related.summary):  # an activity table with no DAS28 at all has nothing to plot
+            plots["activity.png"] = figures.activity_plot(related)
+            storage.write_bytes(f"{folder}/figures/activity.png", plots["activity.png"], config.options)
+    content = page.render(result, raters, plots, context, explained, estimated, related, config.activity_window_days)
     storage.write_bytes(html, content.encode(), config.options)
-    return ReportResult(out=folder, html=html, raters=raters, tables=result, estimated=estimated)
+    return ReportResult(out=folder, html=html, raters=raters, tables=result, estimated=estimated, activity=related)
+
+
+def relate_activity(config: ReportConfig, run: runs.RunManifest) -> activity.Relation:
+    """The run's Rau scores (of ``--split``'s patients) beside the activity table's DAS28 (``activity.relate``)."""
+    if "rau" not in run.outputs:
+        raise ValueError(f"run {config.scores} has no Rau scores to relate to disease activity.")
+    rau = storage.read_table(run.path("rau"), ["patient_id", "visit_date", "rau"], config.options).to_pandas()
+    if config.split != "all":
+        rau = rau[[split_of(p, config.split_seed) == config.split for p in rau["patient_id"]]]
+    columns = ["patient_id", "date", *activity.SCORES]
+    assessments = storage.read_table(config.activity, columns, config.options).to_pandas()
+    return activity.relate(rau, assessments, config.activity_window_days)
 
 
 def explain(

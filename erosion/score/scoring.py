@@ -37,8 +37,8 @@ from erosion.core.faults import Faults
 from erosion.core.settings import setting
 from erosion.io import datasets, heap, leases, runs, storage
 from erosion.model import augment, calibration, checkpoint, models
-from erosion.model.network import for_inference, predict
-from erosion.score import carry, decoding, tasks
+from erosion.model.network import for_inference, predict, predict_embedded
+from erosion.score import carry, decoding, embeddings, tasks
 
 EXAMPLES = 20  # failed rows named in the result (all of them are in the scores)
 
@@ -75,6 +75,11 @@ class ScoreConfig:
     )
     tta: int = setting("> 0: the mean probabilities over this many fixed augmented views of each crop (seeded)", 0)
     tta_seed: int = setting("the seed the views are drawn from", 0)
+    embeddings: bool = setting(
+        "also write each crop's penultimate-layer embedding (float16) to <run>/embeddings/: the crops this run's"
+        " model scored (not carried over, not failed)",
+        False,
+    )
     lease_seconds: float = setting(
         "how long a run that was killed keeps others out of --out (the lease is renewed while it runs)",
         leases.SECONDS,
@@ -131,7 +136,9 @@ def score_into(config: ScoreConfig, attempt: runs.Attempt, inputs: dict[str, dic
     read = [file for file in inputs if file not in unchanged]
 
     expected = sum(state["rows"] for state in inputs.values())
-    scores_url = f"{attempt.url}/scores"
+    scores_url, embeddings_url = f"{attempt.url}/scores", f"{attempt.url}/embeddings"
+    if config.embeddings:  # the table exists also where no row is embedded (every file carried, an empty registry)
+        embeddings.empty(embeddings_url, embeddings.width(chosen), config.options)
     if unchanged:  # their rows copied from the earlier run, first (Ray Data appends): no image of theirs is read
         carry.copy(earlier.path("scores"), unchanged, run_id, scores_url, config.options)
     if any(inputs[file]["rows"] for file in read):
@@ -139,7 +146,11 @@ def score_into(config: ScoreConfig, attempt: runs.Attempt, inputs: dict[str, dic
         scores = pipeline(config, run_id, chosen, lookup, read)
         fs, path = storage.arrow_filesystem(scores_url, config.options)
         try:
-            scores.write_parquet(path, filesystem=fs)
+            if config.embeddings:
+                width = embeddings.width(chosen)
+                scores.write_datasink(embeddings.Sink(scores_url, embeddings_url, width, config.options))
+            else:
+                scores.write_parquet(path, filesystem=fs)
         except Exception as error:  # a Ray task error holds a remote traceback: its cause's first line says why
             cause = str(getattr(error, "cause", None) or error).strip().splitlines()[0]
             raise RunFailed(f"run {run_id}: scoring failed, nothing was committed: {cause}") from error
@@ -153,6 +164,7 @@ def score_into(config: ScoreConfig, attempt: runs.Attempt, inputs: dict[str, dic
     with storage.TableWriter(f"{attempt.url}/rau", rau.SCHEMA, options=config.options) as writer:
         writer.write(visits)
     failed = sum(errors.values())
+    embedded = _count_embedded(config, embeddings_url, expected - failed - carried)
     seconds = time.monotonic() - began
     manifest = runs.RunManifest(
         kind="score",
@@ -168,7 +180,8 @@ def score_into(config: ScoreConfig, attempt: runs.Attempt, inputs: dict[str, dic
             "files_carried": len(unchanged),
             "rows_read": sum(inputs[file]["rows"] for file in read),
             "bytes_read": sum(inputs[file]["bytes"] for file in read),  # registry files read for their images
-        },
+        }
+        | ({"embedded": embedded} if config.embeddings else {}),
         seconds={"total": round(seconds, 3)},
         config={k: v for k, v in dataclasses.asdict(config).items() if k != "faults"} | {"run_id": run_id},
         model=config.model,
@@ -180,7 +193,8 @@ def score_into(config: ScoreConfig, attempt: runs.Attempt, inputs: dict[str, dic
         inputs=inputs,
         carried_from=earlier.run_id if earlier else None,
         errors=errors,
-        outputs={"scores": attempt.output("scores/"), "rau": attempt.output("rau/")},
+        outputs={"scores": attempt.output("scores/"), "rau": attempt.output("rau/")}
+        | ({"embeddings": attempt.output("embeddings/")} if config.embeddings else {}),
         versions=_versions(),
         run=attempt.run,
     )
@@ -235,6 +249,7 @@ def model_scores(crops: ray.data.Dataset, config: ScoreConfig, run_id: str, chos
             "options": config.options,
             "views": augment.views(config.tta, seed=config.tta_seed) if config.tta else None,
             "crash_once": config.faults.crash_model_once,
+            "width": embeddings.width(chosen) if config.embeddings else 0,
         },
         batch_size=config.batch_size,
         batch_format="pyarrow",
@@ -258,13 +273,15 @@ class Scorer:
         options: storage.StorageOptions,
         views: torch.Tensor | None = None,
         crash_once: str | None = None,
+        width: int = 0,
     ) -> None:
         heap.keep_freed_memory()
-        loaded = {folder: Model(folder, device, options, views) for folder in dict.fromkeys(parts.values())}
+        embed = width > 0
+        loaded = {folder: Model(folder, device, options, views, embed) for folder in dict.fromkeys(parts.values())}
         self.models = {part: loaded[folder] for part, folder in parts.items()}
         self.crash_once = crash_once  # tests: the first call to find this marker file missing kills the actor
         self.size = next(iter(loaded.values())).size
-        self.run_id, self.version = run_id, version
+        self.run_id, self.version, self.width = run_id, version, width
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.crash_once and not os.path.exists(self.crash_once):
@@ -273,6 +290,8 @@ class Scorer:
         carried = pc.is_valid(batch["carried"]).to_numpy(zero_copy_only=False)
         ok = pc.is_null(batch["error"]).to_numpy(zero_copy_only=False) & ~carried
         scored = np.full((batch.num_rows, schema.SCORE_WIDTH), np.nan, dtype=np.float32)
+        embedded = np.zeros((batch.num_rows, self.width), np.float16)
+        folds = np.full(batch.num_rows, -1)
         parts = np.asarray(batch["body_part"].to_pylist(), dtype=object)
         if ok.any():
             pixels = decoding.pixel_view(batch["pixels"], self.size)
@@ -280,14 +299,17 @@ class Scorer:
             for part, model in self.models.items():  # decoding left no row of a body part without a model ok
                 rows = ok & (parts == part)
                 if rows.any():
-                    scored[rows] = model.score(pixels[rows], patients[rows])
+                    scored[rows], embedded_rows, folds[rows] = model.score(pixels[rows], patients[rows])
+                    if self.width:
+                        embedded[rows] = embedded_rows
             measured = batch["crop"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
             scored[ok, schema.SCORE_CROP] = measured.reshape(-1, len(schema.CROP))[ok]
         if carried.any():
             flat = batch["carried"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
             scored[carried] = flat.reshape(-1, schema.SCORE_WIDTH)
         versions = [self.models[p].version if p in self.models else self.version for p in parts]
-        return score_rows(batch, scored, self.run_id, versions)
+        rows = score_rows(batch, scored, self.run_id, versions)
+        return embeddings.attach(rows, embedded, folds, ok) if self.width else rows
 
 
 class Model:
@@ -297,34 +319,52 @@ class Model:
     fold model saw (a new patient) with the mean over the fold models, their spread beside it.
     """
 
-    def __init__(self, folder: str, device: str, options: storage.StorageOptions, views: torch.Tensor | None) -> None:
+    def __init__(
+        self, folder: str, device: str, options: storage.StorageOptions, views: torch.Tensor | None, embed: bool
+    ) -> None:
         members = checkpoint.load_members(folder, device, options)
         self.members = [(for_inference(network), card.calibration) for network, card in members]
         card = checkpoint.read_card(folder, options)
-        self.views = views
+        self.views, self.embed = views, embed
         self.size = checkpoint.prepared(card)["input_size"]
         self.version = card.model_version
         self.patients = _patient_folds(checkpoint.read_patients(folder, options))
 
-    def score(self, pixels: np.ndarray, patients: np.ndarray) -> np.ndarray:
-        """(N, SCORE_WIDTH) scores of crops of these patients."""
+    def score(self, pixels: np.ndarray, patients: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """(N, SCORE_WIDTH) scores of crops of these patients; where the run embeds, their (N, width) float16
+        embeddings (else None) and the fold model that made each (-1: a single model; a fold set's new patient:
+        fold 0's, whose space it then shares)."""
         if len(self.members) == 1:
             network, calibrated = self.members[0]
-            scored = _scored(predict(network, pixels, self.views), calibrated)
+            predictions, embedded = self._predict(network, pixels)
+            scored = _scored(predictions, calibrated)
             if self.patients is not None:
                 scored[:, schema.SCORE_IN_SAMPLE] = self.patients.index.get_indexer(patients) >= 0
-            return scored
+            return scored, embedded, np.full(len(pixels), -1)
         folds = self._folds(patients)
         scored = np.full((len(pixels), schema.SCORE_WIDTH), np.nan, dtype=np.float32)
+        embedded = np.zeros((len(pixels), self.members[0][0].embedding_width), np.float16) if self.embed else None
         for fold, (network, calibrated) in enumerate(self.members):
             rows = folds == fold
             if rows.any():
-                scored[rows] = _scored(predict(network, pixels[rows], self.views), calibrated)
+                predictions, embedded_rows = self._predict(network, pixels[rows])
+                scored[rows] = _scored(predictions, calibrated)
+                if self.embed:
+                    embedded[rows] = embedded_rows
         new = folds < 0
         if new.any():
-            scored[new] = _mean([_scored(predict(m, pixels[new], self.views), c) for m, c in self.members])
+            each = [self._predict(m, pixels[new]) for m, _ in self.members]
+            scored[new] = _mean([_scored(p, c) for (p, _), (_, c) in zip(each, self.members, strict=True)])
+            if self.embed:
+                embedded[new] = each[0][1]
         scored[:, schema.SCORE_IN_SAMPLE] = 0.0  # no fold model saw the patient of the joint it scored
-        return scored
+        return scored, embedded, np.maximum(folds, 0)
+
+    def _predict(self, network: torch.nn.Module, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """A member's (N, 7) predictions of the crops, and their embeddings where the run embeds."""
+        if self.embed:
+            return predict_embedded(network, pixels, self.views)
+        return predict(network, pixels, self.views), None
 
     def _folds(self, patients: np.ndarray) -> np.ndarray:
         """Each patient's fold (-1: a patient the fold set never saw, or no patients table)."""
@@ -421,6 +461,17 @@ def _carry_from(config: ScoreConfig, model_version: str) -> runs.RunManifest | N
     if earlier.model_version != model_version or not same_tta:
         return None  # a new model (or other test-time views) scores everything anew
     return earlier
+
+
+def _count_embedded(config: ScoreConfig, url: str, fresh: int) -> int:
+    """The rows of the run's embeddings table (0 without ``--embeddings``); RuntimeError unless every row the
+    run's model scored (``fresh``: not failed, not carried) has one."""
+    if not config.embeddings:
+        return 0
+    embedded = sum(storage.row_counts(url, config.options).values())
+    if embedded != fresh:
+        raise RuntimeError(f"{embedded} embeddings for {fresh} rows scored by the model; not committed.")
+    return embedded
 
 
 def _summarise(scores: str, run_id: str, options: storage.StorageOptions) -> tuple[pa.Table, dict[str, int], list, int]:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from erosion.io.runs import RunManifest
     from erosion.registry.summary import Summary
     from erosion.registry.validate import Report
+    from erosion.report.embedding import EmbedResult
     from erosion.report.queue import ReviewResult
     from erosion.report.report import ReportResult
     from erosion.score.scoring import ScoreResult
@@ -40,6 +41,7 @@ def synthesized(manifest: RunManifest, out: str) -> str:
             if "corrupted" in rows
             else ""
         )
+        + (f"\n    {rows['activity']} disease-activity assessments in {out}/activity" if "activity" in rows else "")
     )
 
 
@@ -49,6 +51,10 @@ def ingested(manifest: RunManifest, out: str) -> str:
     text = f"ingested {rows['registry']} joints and {rows['ratings']} ratings into {out}"
     if rows["errors"]:
         text += f"\n{rows['errors']} rows rejected: see {out.rstrip('/')}/ingest_errors/"
+    if "activity" in rows:
+        text += f"\ningested {rows['activity']} disease-activity assessments into {out.rstrip('/')}/activity/"
+        if rows["activity_errors"]:
+            text += f"\n{rows['activity_errors']} activity rows rejected: see {out.rstrip('/')}/activity_errors/"
     return text
 
 
@@ -129,7 +135,23 @@ def scoring(result: ScoreResult) -> str:
     ]
     lines += [f"    {count} {reason}" for reason, count in sorted(result.errors.items(), key=lambda item: -item[1])]
     lines += [f"    e.g. {joint_id}: {error}" for joint_id, error in result.examples[:10]]
+    if result.manifest and "embedded" in result.manifest.rows:
+        lines.append(f"    {result.manifest.rows['embedded']} embeddings (the crops scored, not carried over)")
     lines.append(f"    Rau scores of {result.visits} visits; run {result.run_id} committed to {result.run}")
+    return "\n".join(lines)
+
+
+def embedded(result: EmbedResult) -> str:
+    """How many crops were mapped (or placed), how many are rated, their neighbours' disagreement, where it went."""
+    rated = result.neighbours["disagreement"].dropna()
+    how = "placed into the earlier map (openTSNE)" if result.placed else "mapped with t-SNE"
+    lines = [f"{len(result.coordinates)} crops of space {result.space} {how}, {len(rated)} of them rated"]
+    if len(rated):
+        lines.append(
+            f"    rated neighbours' mean |stage - rating|: median {rated.median():.2f}, "
+            f"{int((rated >= 1).sum())} ratings at 1 stage or more"
+        )
+    lines.append(f"    map: {result.out}/map.png; coordinates.parquet, neighbours.parquet beside it")
     return "\n".join(lines)
 
 
@@ -153,6 +175,12 @@ def report(result: ReportResult, icc_form: str = "ICC2") -> str:
             f"    {icc_form} over all raters on {icc['n']} joints: {icc['value']:.3f} "
             f"({icc['low']:.3f}-{icc['high']:.3f}), {icc['label']}"
         )
+    if result.activity is not None:
+        for row in result.activity.summary.itertuples():
+            lines.append(
+                f"    {row.relation} vs {row.score}: Spearman rho {row.rho:.3f} ({row.low:.3f}-{row.high:.3f}, "
+                f"clustered by patient), n {row.n} of {row.patients} patients, {row.without_das28} without a DAS28"
+            )
     lines.append(f"    report: {result.html}")
     return "\n".join(lines)
 
