@@ -238,15 +238,11 @@ def _predict(
     copies = [batch] if views is None else [transform(batch, view) for view in views]
     with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, device.type == "cuda"):
         total, features = 0, 0
-        for copy in copies:
-            inputs = copy.contiguous(memory_format=torch.channels_last)
+        for copy in copies:  # forward is output(embed(x)): the embedding costs nothing extra
+            embedding = model.embed(copy.contiguous(memory_format=torch.channels_last))
+            total = total + torch.softmax(model.output(embedding).float(), dim=1)
             if embed:
-                embedding = model.embed(inputs)
                 features = features + embedding.float()
-                outputs = model.output(embedding)
-            else:
-                outputs = model(inputs)
-            total = total + torch.softmax(outputs.float(), dim=1)
         mass = total / len(copies)
         embedded = (features / len(copies)).half().cpu().numpy() if embed else None
         if mass.shape[1] == NUM_STAGES:
