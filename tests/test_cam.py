@@ -25,6 +25,17 @@ PNG = b"\x89PNG\r\n\x1a\n"
 BRIGHT, GREY = 255, 102  # 1.0 and 0.4 once scaled to [0, 1]
 
 
+class _Stack(nn.Sequential):
+    """A plain stack of layers that keeps the models' contract (``forward`` is ``output(embed(x))``): its last layer
+    is the output, the others the embedding."""
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self[:-1](x)
+
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        return self[-1](x)
+
+
 def _two_detectors() -> nn.Module:
     """A hand-built model of the CNN's layout (conv, batch norm, ReLU, pooling, dense) on 32x32 crops.
 
@@ -32,7 +43,7 @@ def _two_detectors() -> nn.Module:
     logit sums channel 0 over the crop, stage 4's channel 1, stage 3's channel 0 minus channel 1 (darkness speaks
     against it); the other stages' logits are 0.
     """
-    model = nn.Sequential(
+    model = _Stack(
         nn.Conv2d(1, 2, 3, padding=1),
         nn.BatchNorm2d(2),
         nn.ReLU(inplace=True),
@@ -115,7 +126,7 @@ def test_bad_arguments_name_what_was_expected():
 def patch_finder() -> nn.Module:
     """A small CNN trained briefly (seeded) to tell crops with a bright 6x6 patch (stage 1) from those without (0)."""
     torch.manual_seed(0)
-    model = nn.Sequential(
+    model = _Stack(
         *(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2)),
         *(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2)),
         *(nn.Flatten(), nn.Linear(8 * 8 * 8, 6)),

@@ -205,7 +205,8 @@ def predict(model: nn.Module, pixels: np.ndarray, views: torch.Tensor | None = N
     surface (NaN for the stages head). Crops are scaled to [0, 1] on the model's device.
 
     With ``views`` ((V, 2, 3) transforms, ``augment.views``), the prediction of the mean distribution over the V
-    transformed copies of each crop (test-time augmentation). The model must be in eval mode, best channels-last
+    transformed copies of each crop (test-time augmentation). The model must have ``embed`` and ``output`` (its
+    forward is ``output(embed(x))``), be in eval mode, best channels-last
     (:func:`for_inference`). On a GPU the batch runs under bf16 autocast (as in training); on a CPU in chunks of
     about ``CPU_CHUNK_PIXELS`` input pixels, whose activations stay in cache (2-3x faster than 256 crops at once).
     """
