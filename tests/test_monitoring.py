@@ -95,7 +95,7 @@ def _encoded(pixels: np.ndarray, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def test_crop_statistics_equal_numpys_of_the_stored_pixels_for_16_bit_png_and_8_bit_jpeg():
+def test_crop_statistics_equal_numpys_of_the_stored_pixels_for_16_bit_png_8_bit_jpeg_png_and_colour():
     rng = np.random.default_rng(3)
     deep = rng.integers(0, 65536, (40, 30)).astype(np.uint16)
     deep[0, :5], deep[1, :3] = 0, 65535
@@ -108,6 +108,13 @@ def test_crop_statistics_equal_numpys_of_the_stored_pixels_for_16_bit_png_and_8_
     stored = np.asarray(Image.open(io.BytesIO(data)), dtype=np.float64) / 255.0  # JPEG is lossy: what decodes
     _, measured = preprocess.letterbox_measured(data, 64)
     np.testing.assert_allclose(measured, [25, 35, 8, stored.mean(), stored.std(), 0.0], rtol=1e-9)
+    grey[0, :4], grey[2, :7] = 0, 255
+    colour = np.stack([grey, grey // 2, 255 - grey], axis=-1)
+    for pixels, fmt in ((grey, "PNG"), (colour, "PNG")):
+        stored = np.asarray(Image.open(io.BytesIO(_encoded(pixels, fmt))).convert("L"), dtype=np.float64) / 255.0
+        _, measured = preprocess.letterbox_measured(_encoded(pixels, fmt), 64)
+        saturated = np.mean((stored == 0) | (stored == 1))
+        np.testing.assert_allclose(measured, [25, 35, 8, stored.mean(), stored.std(), saturated], rtol=1e-9)
 
 
 QUIET = monitoring.MonitorConfig(min_rows=50)  # the small registry's joint types hold tens to hundreds of rows
