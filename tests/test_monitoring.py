@@ -110,9 +110,10 @@ def test_crop_statistics_equal_numpys_of_the_stored_pixels_for_16_bit_png_8_bit_
     np.testing.assert_allclose(measured, [25, 35, 8, stored.mean(), stored.std(), 0.0], rtol=1e-9)
     grey[0, :4], grey[2, :7] = 0, 255
     colour = np.stack([grey, grey // 2, 255 - grey], axis=-1)
-    for pixels, fmt in ((grey, "PNG"), (colour, "PNG")):
-        stored = np.asarray(Image.open(io.BytesIO(_encoded(pixels, fmt))).convert("L"), dtype=np.float64) / 255.0
-        _, measured = preprocess.letterbox_measured(_encoded(pixels, fmt), 64)
+    for pixels in (grey, colour):
+        data = _encoded(pixels, "PNG")
+        stored = np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=np.float64) / 255.0
+        _, measured = preprocess.letterbox_measured(data, 64)
         saturated = np.mean((stored == 0) | (stored == 1))
         np.testing.assert_allclose(measured, [25, 35, 8, stored.mean(), stored.std(), saturated], rtol=1e-9)
 

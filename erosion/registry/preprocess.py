@@ -44,8 +44,7 @@ def crop_statistics(image: Image.Image) -> np.ndarray:
         values = np.asarray(image, dtype=np.float64) / 65535.0
         clipped = np.count_nonzero((values <= 0.0) | (values >= 1.0)) / max(values.size, 1)
         return np.array([image.height, image.width, 16, values.mean(), values.std(), clipped])
-    grey = image if image.mode == "L" else image.convert("RGB").convert("L")
-    counts = np.array(grey.histogram(), dtype=np.float64)  # 8 bits: the grey values' histogram, 4x faster
+    counts = np.array(_to_grey(image).histogram(), dtype=np.float64)  # 8 bits: no float copy of the pixels
     total, levels = counts.sum(), np.arange(256) / 255.0
     mean = counts @ levels / total
     std = np.sqrt(counts @ (levels - mean) ** 2 / total)
