@@ -4,14 +4,13 @@ A model trained with class weights w_k learns probabilities proportional to w_k 
 class prior they imply, and no temperature can undo a shift. So the calibrated probabilities are
 ``softmax(log p / T - log w)``: the temperature T (one scalar, fitted by the negative log-likelihood on held-out
 joints) sharpens or softens, the shift ``-log w`` (the class weights, known, not fitted) restores the prior of the
-labels. Pure numpy and SciPy: the training driver fits, the scoring actors apply, the tests check.
+labels. Pure NumPy, SciPy only to fit (imported there: a scoring actor, which only applies, starts without it):
+the training driver fits, the scoring actors apply, the tests check.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax
 
 BINS = 15
 """Equal-width bins of the top-label expected calibration error."""
@@ -22,7 +21,8 @@ _TINY = 1e-12
 def apply(probs: np.ndarray, temperature: float, shift: np.ndarray) -> np.ndarray:
     """(N, K) probabilities -> calibrated (N, K): ``softmax(log probs / temperature + shift)``."""
     logits = np.log(np.clip(probs, _TINY, 1.0)) / temperature + np.asarray(shift)
-    return np.exp(log_softmax(logits, axis=1))
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def prior_shift(class_weights: list[float] | None, classes: int) -> np.ndarray:
@@ -35,6 +35,8 @@ def prior_shift(class_weights: list[float] | None, classes: int) -> np.ndarray:
 
 def fit_temperature(probs: np.ndarray, labels: np.ndarray, shift: np.ndarray) -> float:
     """The temperature that minimises the NLL of ``labels`` under ``apply(probs, T, shift)`` (T in [0.05, 20])."""
+    from scipy.optimize import minimize_scalar
+
     result = minimize_scalar(
         lambda log_t: nll(apply(probs, float(np.exp(log_t)), shift), labels),
         bounds=(np.log(0.05), np.log(20.0)),
