@@ -5,6 +5,7 @@ import datetime
 import hashlib
 import json
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -38,6 +39,19 @@ def test_das28_esr_at_no_activity_is_the_formulas_constant():
     # das-score.nl, "alternative validated formulae": DAS28(4) has no constant, DAS28(3) adds 0.16; ln(ESR 1) = 0.
     assert _das28(0, 0, 1, 0) == pytest.approx(0.0, abs=1e-12)
     assert _das28(0, 0, 1) == pytest.approx(0.16, abs=1e-12)
+
+
+def test_published_worked_examples():
+    # EULAR 2013 abstract AB0190 (scientific.sparx-ip.net/archiveeular, item 2013AB0190): "A patient with five
+    # tender joints, one swollen joint, VAS 10 and CRP 1mg/l, DAS28 score is 2,9; if the CRP instead is tested to
+    # 7 mg/l ... DAS28 is calculated to 3,4." (DAS28-CRP, 4 variables; one decimal as printed).
+    assert round(_das28(5, 1, 1, 10, "crp"), 1) == 2.9
+    assert round(_das28(5, 1, 7, 10, "crp"), 1) == 3.4
+    # The official DAS calculator (www.4s-dawn.com/DAS28, linked from das-score.nl), as quoted in the test suite of
+    # RheumaComposites.jl (test/types/das28.jl): TJC 4, SJC 5, patient global 12 mm, ESR 44 mm/h -> DAS28-ESR 4.56;
+    # CRP 44 mg/L -> DAS28-CRP 4.24.
+    assert round(_das28(4, 5, 44, 12), 2) == 4.56
+    assert round(_das28(4, 5, 44, 12, "crp"), 2) == 4.24
 
 
 def test_the_four_formulas_by_hand():
@@ -387,3 +401,24 @@ def test_the_report_relates_the_runs_rau_to_das28(run_with_activity):
     page = open(f"{tables}/report.html").read()
     assert "Disease activity and erosion" in page and "Table 7. Rau against disease activity" in page
     assert "figures/activity.png" in page
+
+
+@pytest.mark.slow
+def test_the_activity_section_leaves_in_sample_patients_out_unless_asked(run_with_activity, tmp_path):
+    registry = run_with_activity["registry"]
+    run = tmp_path / "r1"
+    shutil.copytree(run_with_activity["run"], run)
+    scores = pq.read_table(run / "scores")
+    seen = scores["patient_id"][0].as_py()  # the model saw this patient in training
+    in_sample = pa.array([p == seen for p in scores["patient_id"].to_pylist()])
+    pq.write_table(scores.append_column("in_sample", in_sample), run / "scores" / "part-0.parquet")
+    visits = {}
+    argv = ["report", "--scores", str(run), "--ratings", f"{registry}/ratings", "--activity", f"{registry}/activity"]
+    for flags in ([], ["--in-sample"]):
+        out = tmp_path / f"report{len(flags)}"
+        assert main([*argv, "--out", str(out), *flags]) == 0
+        report = runs.manifest(str(out))
+        visits[bool(flags)] = set(pd.read_parquet(f"{report.path('tables')}/activity_visits.parquet")["patient_id"])
+        page = open(report.path("report")).read()
+        assert ("Patients left out as in-sample (the model saw them in training): 1;" in page) != bool(flags)
+    assert seen not in visits[False] and seen in visits[True] and visits[True] - {seen} == visits[False]

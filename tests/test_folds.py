@@ -16,7 +16,7 @@ from erosion.core.domain import mirrored
 from erosion.core.split import SPLITS, fold_of, member, split_of
 from erosion.io import runs, storage
 from erosion.model import calibration, checkpoint
-from erosion.model.network import probabilities
+from erosion.model.network import for_inference, predict_embedded, probabilities
 from erosion.registry import synth
 from erosion.registry.preprocess import letterbox
 from erosion.report import cam, report
@@ -120,6 +120,41 @@ def test_a_fold_set_scores_each_joint_with_the_model_that_never_saw_its_patient(
         np.testing.assert_allclose(
             h, cam.grad_cam(members[patients[owner]][0], crop[None], np.zeros(1, np.int64))[0], atol=1e-4
         )
+
+
+@pytest.mark.slow
+def test_a_fold_sets_embeddings_come_from_the_fold_model_that_scored_each_joint(fold_run, tmp_path):
+    out, result = fold_run
+    patients = checkpoint.read_patients(result.model).to_pandas().set_index("patient_id")["fold"]
+    whole = storage.read_table(f"{out}/registry")
+    fold = np.array([patients.get(p, -1) for p in whole["patient_id"].to_pylist()])
+    registry = whole.take(np.concatenate([np.flatnonzero(fold == k)[:30] for k in (0, 1)]))  # joints of both folds
+    new = registry.slice(0, 5).to_pandas()
+    new["patient_id"], new["joint_id"] = "p-new", [f"new/{i}" for i in range(5)]
+    folder = tmp_path / "registry"
+    folder.mkdir()
+    pq.write_table(registry, folder / "part-0.parquet")
+    pq.write_table(pa.Table.from_pandas(new, schema=schema.REGISTRY, preserve_index=False), folder / "part-1.parquet")
+    config = scoring.ScoreConfig(str(folder), result.model, str(tmp_path / "runs"), batch_size=16, embeddings=True)
+    manifest = runs.manifest(scoring.score(config).run)
+    embedded = storage.read_table(manifest.path("embeddings")).to_pandas().set_index("joint_id")
+    assert manifest.rows["embedded"] == len(embedded) == registry.num_rows + 5
+
+    owners = dict(zip(registry["joint_id"].to_pylist(), registry["patient_id"].to_pylist(), strict=True))
+    expected_fold = {j: int(patients[p]) for j, p in owners.items()} | {j: 0 for j in new["joint_id"]}
+    assert embedded["fold"].to_dict() == expected_fold  # a new patient's embedding: fold 0's space
+    assert {int(patients[p]) for p in owners.values()} == {0, 1}  # joints of both folds
+    members = checkpoint.load_members(result.model)
+    images = dict(zip(registry["joint_id"].to_pylist(), registry["image"].to_pylist(), strict=True))
+    images |= dict(zip(new["joint_id"], new["image"], strict=True))
+    parts = dict(zip(registry["joint_id"].to_pylist(), registry["body_part"].to_pylist(), strict=True))
+    parts |= dict(zip(new["joint_id"], new["body_part"], strict=True))
+    card = checkpoint.read_card(result.model)
+    for joint_id, fold in expected_fold.items():
+        pixels = letterbox(images[joint_id], 64, mirrored(card.preprocess, parts[joint_id]))[None]
+        network = for_inference(members[fold][0])
+        _, own = predict_embedded(network, pixels)
+        np.testing.assert_allclose(embedded.loc[joint_id, "embedding"], own[0], rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.slow

@@ -108,7 +108,8 @@ def nights(ray_local, small_registry, untrained_model, tmp_path_factory) -> dict
 
     def night(run_id: str, model: str = model) -> nightly.NightlyResult:
         settings = scoring.ScoreConfig(str(registry), model, str(root / "runs"), run_id=run_id)
-        return nightly.nightly(nightly.NightlyConfig(settings, ratings=f"{small_registry}/ratings"))
+        activity = f"{small_registry}/activity"
+        return nightly.nightly(nightly.NightlyConfig(settings, ratings=f"{small_registry}/ratings", activity=activity))
 
     first, second, again = night("2026-11-21"), night("2026-11-22"), night("2026-11-22")
 
@@ -134,6 +135,18 @@ def nights(ray_local, small_registry, untrained_model, tmp_path_factory) -> dict
         "registry": registry,
         "out": str(root / "runs"),
     }
+
+
+@pytest.mark.slow
+def test_a_nights_report_relates_its_rau_scores_to_disease_activity(nights):
+    first = nights["nights"][0]
+    related = first.report.activity
+    assert related is not None and set(related.summary["relation"]) == {"Rau at the visit", "Rau change per year"}
+    assert related.summary["n"].sum() > 0 and len(related.visits) == first.manifest.rows["visits"]
+    settings = first.manifest.config
+    assert settings["activity"].endswith("/activity") and settings["activity_window_days"] == 90
+    page = open(first.manifest.path("report")).read()
+    assert "Disease activity and erosion" in page and "figures/activity.png" in page
 
 
 @pytest.mark.slow

@@ -58,13 +58,15 @@ def render(
     estimated: pd.DataFrame | None = None,
     activity: Relation | None = None,
     window_days: int = 90,
+    left_out: int = 0,
 ) -> str:
     """The whole page as one HTML document (plots inline as PNG data, so the file stands alone).
 
     ``explained``: the joints with Grad-CAM heat maps (:func:`erosion.report.report.explain`),
     in a section of their own; ``estimated``: the expected agreement on joints nobody rated
     (:func:`erosion.report.report.estimated_agreement`); ``activity``: Rau against DAS28, each visit joined to
-    the nearest assessment within ``window_days`` (:func:`erosion.report.report.relate_activity`).
+    the nearest assessment within ``window_days`` (:func:`erosion.report.report.relate_activity`), without the
+    visits of ``left_out`` in-sample patients.
     """
     pairs = tables.agreement
     overall = pairs[pairs["subset"] == ALL_JOINTS]
@@ -104,7 +106,7 @@ def render(
     parts += [
         _calibration_section(context.calibration, plots),
         _estimated_section(estimated),
-        _activity_section(activity, plots, window_days),
+        _activity_section(activity, plots, window_days, left_out),
         _cam_section(explained, context.model, humans),
         _embedding_section(plots),
         _reading(),
@@ -314,7 +316,7 @@ def _estimated_section(estimated: pd.DataFrame | None) -> str:
     return "<h2>Estimated agreement before ratings arrive</h2>" + table(caption, frame)
 
 
-def _activity_section(relation: Relation | None, plots: dict[str, bytes], window_days: int) -> str:
+def _activity_section(relation: Relation | None, plots: dict[str, bytes], window_days: int, left_out: int) -> str:
     if relation is None:
         return ""
     summary = relation.summary
@@ -334,6 +336,11 @@ def _activity_section(relation: Relation | None, plots: dict[str, bytes], window
         f" {window_days} days (of two equally near, the earlier); an interval between consecutive visits takes the"
         " mean of the two visits' DAS28 and the Rau change per year."
     )
+    if left_out:
+        caption += (
+            f" Patients left out as in-sample (the model saw them in training): {left_out:,}; --in-sample includes"
+            " their visits."
+        )
     parts = [
         "<h2>Disease activity and erosion</h2>",
         "<p>How the Rau score relates to disease activity (DAS28), as the thesis behind the paper asked (it found"

@@ -134,7 +134,7 @@ def build(config: ReportConfig, folder: str, run: runs.RunManifest | None = None
     estimated = estimated_agreement(config, run, calibrated_against) if calibrated_against else None
     if estimated is not None:
         storage.write_table(f"{folder}/estimated.parquet", pa.Table.from_pandas(estimated), config.options)
-    related = relate_activity(config, run) if config.activity else None
+    related, left_out = relate_activity(config, run, scores) if config.activity else (None, 0)
     if related is not None:
         frames = {
             "activity": related.summary,
@@ -146,21 +146,29 @@ def build(config: ReportConfig, folder: str, run: runs.RunManifest | None = None
         if len(related.summary):  # an activity table with no DAS28 at all has nothing to plot
             plots["activity.png"] = figures.activity_plot(related)
             storage.write_bytes(f"{folder}/figures/activity.png", plots["activity.png"], config.options)
-    content = page.render(result, raters, plots, context, explained, estimated, related, config.activity_window_days)
+    window = config.activity_window_days
+    content = page.render(result, raters, plots, context, explained, estimated, related, window, left_out)
     storage.write_bytes(html, content.encode(), config.options)
     return ReportResult(out=folder, html=html, raters=raters, tables=result, estimated=estimated, activity=related)
 
 
-def relate_activity(config: ReportConfig, run: runs.RunManifest) -> activity.Relation:
-    """The run's Rau scores (of ``--split``'s patients) beside the activity table's DAS28 (``activity.relate``)."""
+def relate_activity(config: ReportConfig, run: runs.RunManifest, scores: pd.DataFrame) -> tuple[activity.Relation, int]:
+    """The run's Rau scores (of ``--split``'s patients) beside the activity table's DAS28 (``activity.relate``),
+    and how many patients were left out as in-sample: a patient any of whose joints the model saw in training
+    (``scores``' in_sample), unless ``config.in_sample``, as the agreement tables do with joints."""
     if "rau" not in run.outputs:
         raise ValueError(f"run {config.scores} has no Rau scores to relate to disease activity.")
     rau = storage.read_table(run.path("rau"), ["patient_id", "visit_date", "rau"], config.options).to_pandas()
     if config.split != "all":
         rau = rau[[split_of(p, config.split_seed) == config.split for p in rau["patient_id"]]]
+    seen = set()
+    if "in_sample" in scores.columns and not config.in_sample:
+        seen = set(scores.loc[scores["in_sample"].fillna(False).astype(bool), "patient_id"])
+        seen &= set(rau["patient_id"])
+        rau = rau[~rau["patient_id"].isin(seen)]
     columns = ["patient_id", "date", *activity.SCORES]
     assessments = storage.read_table(config.activity, columns, config.options).to_pandas()
-    return activity.relate(rau, assessments, config.activity_window_days)
+    return activity.relate(rau, assessments, config.activity_window_days), len(seen)
 
 
 def explain(

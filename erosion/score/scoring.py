@@ -65,7 +65,6 @@ class ScoreConfig:
     actors: int = setting("model actors", 1)
     gpus_per_actor: float = setting("> 0: each actor scores on a GPU (bf16 autocast, channels-last)", 0.0)
     cpus_per_actor: float = setting("on a small machine, leave CPUs for the read and decode tasks", 0.5)
-    decode_rows: int = setting("crops per decode call inside a decode task", 512)
     decode_cpus: float = setting(
         "CPUs per decode task: decoding is CPU-bound, so more tasks at once than cores only contend", 1.0
     )
@@ -229,7 +228,6 @@ def pipeline(
         rows,
         chosen.input_size,
         chosen.coverage(),
-        config.decode_rows,
         config.decode_cpus,
         config.faults.crash_decode_once,
         carry,

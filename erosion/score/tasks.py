@@ -18,19 +18,19 @@ def scoring_crops(
     rows: ray.data.Dataset,
     input_size: int,
     coverage: dict[str, dict],
-    batch_rows: int = 512,
     cpus: float = 1.0,
     crash_once: str | None = None,
     carry: ray.ObjectRef | None = None,
 ) -> ray.data.Dataset:
     """Scoring's decode step in CPU tasks of ``cpus`` each (``decoding.decode_batch``; no torch in these workers):
     keys, ``pixels``, ``error``, ``fingerprint`` and ``carried`` (an earlier run's scores, from ``carry``'s
-    lookup); ``coverage``: what the run's models may score (``models.Models.coverage``). Blocks as ``rows``'s
-    (``datasets.BLOCK_BYTES``)."""
+    lookup); ``coverage``: what the run's models may score (``models.Models.coverage``). A whole block of ``rows``
+    (``datasets.BLOCK_BYTES``) per call: with no batch size, Ray Data fuses the decode into the read tasks, one
+    task per row group and no task hand-over (each a pause of 0.15-0.25 s on 2 cores) between read and decode."""
     return rows.map_batches(
         _scoring_decode,
         fn_kwargs={"size": input_size, "coverage": coverage, "crash_once": crash_once, "carry": carry},
-        batch_size=batch_rows,
+        batch_size=None,
         batch_format="pyarrow",
         num_cpus=cpus,
     )

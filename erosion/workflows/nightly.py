@@ -38,6 +38,8 @@ class NightlyConfig:
     )
     ratings: str = setting("for the agreement report")
     report_split: str = setting("the report's joints: all, or one patient split", "all", choices=("all", *SPLITS))
+    activity: str = setting("a disease-activity table: the report relates the night's Rau scores to DAS28", "")
+    activity_window_days: int = setting("a visit takes the nearest DAS28 within this many days", 90)
     monitor: monitoring.MonitorConfig = setting(
         "what the night is compared with, and the alert thresholds", factory=monitoring.MonitorConfig
     )
@@ -82,7 +84,14 @@ def nightly(config: NightlyConfig) -> NightlyResult:
         )
         monitored_at = time.monotonic()
         reported = report.build(
-            report.ReportConfig(scores=attempt.run, ratings=config.ratings, split=config.report_split, options=options),
+            report.ReportConfig(
+                scores=attempt.run,
+                ratings=config.ratings,
+                split=config.report_split,
+                activity=config.activity,
+                activity_window_days=config.activity_window_days,
+                options=options,
+            ),
             f"{attempt.url}/report",
             run=watched,
         )
@@ -96,6 +105,8 @@ def nightly(config: NightlyConfig) -> NightlyResult:
             | {
                 "ratings": config.ratings,
                 "report_split": config.report_split,
+                "activity": config.activity,
+                "activity_window_days": config.activity_window_days,
                 "monitor": dataclasses.asdict(config.monitor),
             },
             seconds={
