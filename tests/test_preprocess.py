@@ -57,3 +57,20 @@ def test_a_batch_keeps_every_row_and_names_the_failures():
     assert errors[0] is None and errors[3] is None
     assert "cannot decode image" in errors[1] and "empty image" in errors[2]
     assert (pixels[1] == 0).all() and (pixels[0] == 90).all()
+
+
+def test_grey_jpegs_decode_to_the_same_pixels_as_pils_decoder():
+    # the fast path (simplejpeg) against PIL's own decoder, on grey JPEGs of several sizes, qualities and encodings
+    from erosion.registry.preprocess import _open
+
+    rng = np.random.default_rng(7)
+    for shape, options in [((167, 187), {}), ((33, 9), {"quality": 30}), ((150, 150), {"progressive": True})]:
+        smooth = np.cumsum(rng.integers(0, 9, shape), axis=1) % 256
+        buffer = io.BytesIO()
+        Image.fromarray(smooth.astype(np.uint8)).save(buffer, "JPEG", **options)
+        data = buffer.getvalue()
+        fast = _open(data)
+        assert fast.mode == "L" and fast.format is None  # decoded by simplejpeg, not by PIL
+        np.testing.assert_array_equal(np.asarray(fast), np.asarray(Image.open(io.BytesIO(data))))
+    colour = _open(_encode(np.zeros((8, 8, 3), np.uint8), "JPEG"))
+    assert colour.format == "JPEG" and colour.mode == "RGB"  # colour JPEGs: PIL, whose luma conversion stays
