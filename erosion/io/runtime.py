@@ -65,10 +65,18 @@ def quiet(verbose: bool = False) -> None:
     level = logging.INFO if verbose else logging.ERROR
     for name in ("ray", "ray.data", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(level)
+    # Ray Data logs the traceback of an error it takes for its own (an I/O error in its Write, say) before raising
+    # it, which the caller then names in one line ("nothing was committed: <cause>"): the traceback only with
+    # --verbose.
+    for name in _TRACEBACK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.CRITICAL)
     DataContext.get_current().enable_progress_bars = verbose and sys.stderr.isatty()
     if not verbose:
         warnings.filterwarnings("ignore", category=DeprecationWarning, module="ray")
         warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
+
+
+_TRACEBACK_LOGGERS = ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state")
 
 
 def _logging(verbose: bool) -> ray.LoggingConfig:
