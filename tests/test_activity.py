@@ -19,6 +19,7 @@ from erosion.cli.main import main
 from erosion.core import activity, domain, rau
 from erosion.io import runs, storage
 from erosion.registry import ingest, synth
+from erosion.report import report
 
 D = datetime.date
 
@@ -413,12 +414,13 @@ def test_the_activity_section_leaves_in_sample_patients_out_unless_asked(run_wit
     in_sample = pa.array([p == seen for p in scores["patient_id"].to_pylist()])
     pq.write_table(scores.append_column("in_sample", in_sample), run / "scores" / "part-0.parquet")
     visits = {}
-    argv = ["report", "--scores", str(run), "--ratings", f"{registry}/ratings", "--activity", f"{registry}/activity"]
-    for flags in ([], ["--in-sample"]):
-        out = tmp_path / f"report{len(flags)}"
-        assert main([*argv, "--out", str(out), *flags]) == 0
-        report = runs.manifest(str(out))
-        visits[bool(flags)] = set(pd.read_parquet(f"{report.path('tables')}/activity_visits.parquet")["patient_id"])
-        page = open(report.path("report")).read()
-        assert ("Patients left out as in-sample (the model saw them in training): 1;" in page) != bool(flags)
+    for in_sample in (False, True):
+        config = report.ReportConfig(
+            scores=str(run), ratings=f"{registry}/ratings", activity=f"{registry}/activity", in_sample=in_sample
+        )
+        result = report.build(config, str(tmp_path / f"report-{in_sample}"))
+        visits[in_sample] = set(result.activity.visits["patient_id"])
+        assert result.activity_left_out == (0 if in_sample else 1)
+        page = open(result.html).read()
+        assert ("Patients left out as in-sample (the model saw them in training): 1;" in page) != in_sample
     assert seen not in visits[False] and seen in visits[True] and visits[True] - {seen} == visits[False]

@@ -8,7 +8,7 @@ import pytest
 from erosion.cli import flags
 from erosion.cli.main import main, parser
 from erosion.core.split import split_of
-from erosion.io import storage
+from erosion.io import runtime, storage
 from erosion.model import checkpoint
 from erosion.registry.summary import summarize
 from erosion.registry.synth import SynthConfig
@@ -115,3 +115,19 @@ def test_flags_set_nested_fields_tuples_and_booleans():
     assert synth.body_parts == ("hand_left",)
     with pytest.raises(SystemExit):
         parser().parse_args([*argv, "--arch", "resnet"])  # not one of the choices
+
+
+def test_ray_datas_tracebacks_of_a_failed_execution_are_quiet_unless_verbose():
+    # the loggers are named after Ray Data's modules: a module renamed in a Ray upgrade fails here, not in silence
+    import logging
+
+    from ray.data import exceptions
+    from ray.data._internal.execution import streaming_executor_state
+
+    assert {exceptions.logger.name, streaming_executor_state.logger.name} == set(runtime.TRACEBACK_LOGGERS)
+    try:
+        runtime.quiet(verbose=True)
+        assert {logging.getLogger(n).getEffectiveLevel() for n in runtime.TRACEBACK_LOGGERS} == {logging.INFO}
+    finally:
+        runtime.quiet(verbose=False)
+    assert {logging.getLogger(n).getEffectiveLevel() for n in runtime.TRACEBACK_LOGGERS} == {logging.CRITICAL}

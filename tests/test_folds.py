@@ -155,6 +155,8 @@ def test_a_fold_sets_embeddings_come_from_the_fold_model_that_scored_each_joint(
         network = for_inference(members[fold][0])
         _, own = predict_embedded(network, pixels)
         np.testing.assert_allclose(embedded.loc[joint_id, "embedding"], own[0], rtol=1e-2, atol=1e-2)
+    spaces = [predict_embedded(for_inference(network), pixels)[1][0] for network, _ in members]
+    assert np.abs(spaces[0] - spaces[1]).max() > 0.1  # the two fold models embed apart: the check above tells them
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from erosion.registry.preprocess import letterbox, letterbox_batch
+from erosion.registry.preprocess import _open, letterbox, letterbox_batch
 
 
 def _encode(array: np.ndarray, fmt: str) -> bytes:
@@ -61,8 +61,6 @@ def test_a_batch_keeps_every_row_and_names_the_failures():
 
 def test_grey_jpegs_decode_to_the_same_pixels_as_pils_decoder():
     # the fast path (simplejpeg) against PIL's own decoder, on grey JPEGs of several sizes, qualities and encodings
-    from erosion.registry.preprocess import _open
-
     rng = np.random.default_rng(7)
     for shape, options in [((167, 187), {}), ((33, 9), {"quality": 30}), ((150, 150), {"progressive": True})]:
         smooth = np.cumsum(rng.integers(0, 9, shape), axis=1) % 256
@@ -72,5 +70,18 @@ def test_grey_jpegs_decode_to_the_same_pixels_as_pils_decoder():
         fast = _open(data)
         assert fast.mode == "L" and fast.format is None  # decoded by simplejpeg, not by PIL
         np.testing.assert_array_equal(np.asarray(fast), np.asarray(Image.open(io.BytesIO(data))))
+
+
+def test_what_the_fast_path_leaves_to_pil_keeps_pils_decoding_and_errors(monkeypatch):
     colour = _open(_encode(np.zeros((8, 8, 3), np.uint8), "JPEG"))
     assert colour.format == "JPEG" and colour.mode == "RGB"  # colour JPEGs: PIL, whose luma conversion stays
+    grey = np.tile(np.arange(64, dtype=np.uint8), (64, 1))
+    with pytest.raises(ValueError, match="cannot decode image"):
+        _open(_encode(grey, "JPEG")[:300])  # truncated
+    buffer = io.BytesIO()
+    Image.fromarray(grey).save(buffer, "MPO", save_all=True, append_images=[Image.fromarray(grey)])
+    with pytest.raises(ValueError, match="unsupported format: MPO"):
+        _open(buffer.getvalue())
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 // 3)  # PIL refuses over twice its limit
+    with pytest.raises(ValueError, match="cannot decode image: .*decompression bomb"):
+        _open(_encode(grey, "JPEG"))

@@ -11,6 +11,10 @@ from pathlib import Path
 
 import ray
 
+TRACEBACK_LOGGERS = ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state")
+"""Ray Data's loggers that print the traceback of an error it takes for its own (an I/O error in its Write, say)
+before raising it to the caller, which names it in one line ("nothing was committed: <cause>")."""
+
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, verbose: bool = False) -> None:
     """Join ``address`` (or ``$RAY_ADDRESS``, as set by ``ray job submit``); otherwise start a local Ray.
@@ -57,26 +61,20 @@ def private_token(path: Path) -> None:
 
 
 def quiet(verbose: bool = False) -> None:
-    """Keep Ray's log lines (all but its errors), deprecation warnings and progress bars off the terminal; the
-    workers' output stays in Ray's log files under /tmp/ray. ``verbose`` lets them through, progress bars on a
-    terminal only."""
+    """Keep Ray's log lines (all but its errors, and Ray Data's tracebacks of a failed execution: the caller names
+    the error), deprecation warnings and progress bars off the terminal; the workers' output stays in Ray's log
+    files under /tmp/ray. ``verbose`` lets them through, progress bars on a terminal only."""
     from ray.data import DataContext
 
     level = logging.INFO if verbose else logging.ERROR
     for name in ("ray", "ray.data", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(level)
-    # Ray Data logs the traceback of an error it takes for its own (an I/O error in its Write, say) before raising
-    # it, which the caller then names in one line ("nothing was committed: <cause>"): the traceback only with
-    # --verbose.
-    for name in _TRACEBACK_LOGGERS:
+    for name in TRACEBACK_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.CRITICAL)
     DataContext.get_current().enable_progress_bars = verbose and sys.stderr.isatty()
     if not verbose:
         warnings.filterwarnings("ignore", category=DeprecationWarning, module="ray")
         warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
-
-
-_TRACEBACK_LOGGERS = ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state")
 
 
 def _logging(verbose: bool) -> ray.LoggingConfig:

@@ -11,6 +11,7 @@ so batches travel as compact uint8.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -104,16 +105,22 @@ _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I")
 def _grey_jpeg(data: bytes) -> Image.Image | None:
     """A greyscale JPEG decoded by libjpeg-turbo through simplejpeg, as mode "L": the same pixels as PIL's decoder
     (tested) in about 60 % of its time (PIL parses the JPEG's markers in Python), the registry's commonest crop.
-    None for anything else (PNG, colour, CMYK, a broken or truncated file: strict decoding refuses its warnings),
-    which PIL then decodes or names the fault of."""
-    if data[:2] != b"\xff\xd8":
+    None for anything else, which PIL then decodes or names the fault of: PNG, colour, CMYK, a broken or truncated
+    file (strict decoding refuses its warnings), a multi-picture file (PIL: MPO, not admitted) and one larger than
+    PIL's decompression-bomb limit."""
+    if data[:2] != b"\xff\xd8" or _MULTI_PICTURE in data[:_HEADER_BYTES]:
         return None
     try:
-        if simplejpeg.decode_jpeg_header(data)[2] != "Gray":
+        height, width, colourspace, _ = simplejpeg.decode_jpeg_header(data)
+        if colourspace != "Gray" or height * width > (Image.MAX_IMAGE_PIXELS or math.inf):
             return None
         return Image.fromarray(simplejpeg.decode_jpeg(data, colorspace="GRAY", strict=True)[..., 0])
     except ValueError:
         return None
+
+
+_MULTI_PICTURE = b"MPF\x00"  # the APP2 segment of a multi-picture file, near its start
+_HEADER_BYTES = 65_536
 
 
 def _to_grey(image: Image.Image) -> Image.Image:

@@ -338,8 +338,8 @@ def _activity_section(relation: Relation | None, plots: dict[str, bytes], window
     )
     if left_out:
         caption += (
-            f" Patients left out as in-sample (the model saw them in training): {left_out:,}; --in-sample includes"
-            " their visits."
+            f" Patients left out as in-sample (the model saw them in training): {left_out:,}; `erosion report"
+            " --in-sample` includes their visits."
         )
     parts = [
         "<h2>Disease activity and erosion</h2>",

@@ -66,6 +66,7 @@ class ReportResult:
     tables: tables.Tables
     estimated: pd.DataFrame | None = None  # estimated_agreement's table; None: the model is not calibrated
     activity: activity.Relation | None = None  # Rau against DAS28; None: no activity table was given
+    activity_left_out: int = 0  # patients left out of it as in-sample
 
 
 def build(config: ReportConfig, folder: str, run: runs.RunManifest | None = None) -> ReportResult:
@@ -149,7 +150,7 @@ def build(config: ReportConfig, folder: str, run: runs.RunManifest | None = None
     window = config.activity_window_days
     content = page.render(result, raters, plots, context, explained, estimated, related, window, left_out)
     storage.write_bytes(html, content.encode(), config.options)
-    return ReportResult(out=folder, html=html, raters=raters, tables=result, estimated=estimated, activity=related)
+    return ReportResult(folder, html, raters, result, estimated, activity=related, activity_left_out=left_out)
 
 
 def relate_activity(config: ReportConfig, run: runs.RunManifest, scores: pd.DataFrame) -> tuple[activity.Relation, int]:

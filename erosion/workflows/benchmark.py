@@ -21,7 +21,7 @@ new joint ids, so that sizes differ by rows and nothing else):
 - naive: a fresh Python process (``naive``), a PyTorch DataLoader over the Parquet files, decode and model in
   turn; timed whole (imports and model load included) and its loop alone;
 - peak private memory of the driver (USS) and of the largest Ray worker (USS less object-store pages) during
-  a second end-to-end run (reading every worker's page map costs CPU, so the timed run goes without).
+  an end-to-end run of its own, before the timed ones (reading every worker's page map costs CPU).
 """
 
 from __future__ import annotations
@@ -161,6 +161,7 @@ class ScoreBenchConfig:
     actors: int = setting("model actors", scoring.ScoreConfig.actors)
     gpus_per_actor: float = setting("> 0: each actor scores on a GPU", scoring.ScoreConfig.gpus_per_actor)
     cpus_per_actor: float = setting("CPUs per model actor", scoring.ScoreConfig.cpus_per_actor)
+    repeats: int = setting("measure each rate this many times, interleaved; the figures are the medians", 1)
     json: str = setting("also write the figures here", "")
 
 
@@ -168,7 +169,10 @@ def score_throughput(config: ScoreBenchConfig) -> dict:
     """Measure end-to-end, pipeline, model-only, decode-only and naive rates and peak memory at each size.
 
     Every rate is rows / wall time of the whole execution, start-up included (actors starting, the model
-    loading); ``model_only_startup_s`` is how long the model-only run took to its first batch.
+    loading); ``model_only_startup_s`` is how long the model-only run took to its first batch. With ``repeats``
+    each rate is measured that many times, one round of all of them after another, and the figures are the
+    medians, each with its ``_range``; the ratios are of the medians. The memory is sampled first, in a run of its
+    own (the first job of the Ray at the first size).
     """
     chosen = models.resolve(config.model)
     card, size = chosen.cards[config.model], chosen.input_size
@@ -184,27 +188,22 @@ def score_throughput(config: ScoreBenchConfig) -> dict:
     for rows in config.sizes:
         registry = _sized_registry(source, rows, f"{config.out}/registry-{rows}")
         run = scoring.ScoreConfig(registry, config.model, f"{config.out}/runs", run_id=f"bench-{rows}", **settings)
-        began = time.perf_counter()
-        scoring.score(run)
-        whole = time.perf_counter() - began
-        with _PeakMemory() as memory:  # a second run: sampling costs CPU (_PeakMemory), the timed run goes without
+        # memory first, in a run of its own: sampling costs CPU (_PeakMemory), the timed runs go without, and the
+        # model-only runs' in-memory crops would count in the driver's peak
+        with _PeakMemory() as memory:
             scoring.score(dataclasses.replace(run, run_id=f"bench-{rows}-memory"))
-        naive_process, naive_loop = _naive(registry, config.model, rows)
-        model_only, startup = _model_only(crops, min(rows, config.model_only_rows), run, chosen)
-        figures[str(rows)] = rates = {
-            "end_to_end_crops_per_s": rows / whole,
-            "end_to_end_seconds": whole,
-            "pipeline_crops_per_s": _rate(scoring.pipeline(run, "bench", chosen), rows),
-            "model_only_crops_per_s": model_only,
-            "model_only_startup_s": startup,
-            "decode_only_crops_per_s": _rate(_decoded(registry, chosen, run), rows),
-            "naive_crops_per_s": naive_process,
-            "naive_loop_crops_per_s": naive_loop,
+        model_rows = min(rows, config.model_only_rows)
+        rounds = [_score_rates(run, chosen, crops, rows, model_rows, i) for i in range(config.repeats)]
+        rates = {key: float(np.median([r[key] for r in rounds])) for key in rounds[0]}
+        if config.repeats > 1:
+            rates |= {f"{key}_range": [min(r[key] for r in rounds), max(r[key] for r in rounds)] for key in rounds[0]}
+        figures[str(rows)] = rates = rates | {
             "driver_peak_uss_mb": memory.driver_mb,
             "largest_worker_peak_mb": memory.worker_mb,
             "largest_worker_object_store_pages_mb": memory.store_mb,
             "largest_worker": memory.worker,
         }
+        model_only = rates["model_only_crops_per_s"]
         rates["pipeline_over_model_only"] = rates["pipeline_crops_per_s"] / model_only
         rates["end_to_end_over_model_only"] = rates["end_to_end_crops_per_s"] / model_only
         rates["end_to_end_over_naive"] = rates["end_to_end_crops_per_s"] / rates["naive_crops_per_s"]
@@ -213,6 +212,28 @@ def score_throughput(config: ScoreBenchConfig) -> dict:
         for key in ("driver_peak_uss_mb", "largest_worker_peak_mb"):
             figures[f"{key}_growth"] = large[key] / small[key] - 1
     return _written(config.json, figures)
+
+
+def _score_rates(
+    run: scoring.ScoreConfig, chosen: models.Models, crops: pa.Table, rows: int, model_rows: int, round_: int
+) -> dict[str, float]:
+    """One round of the timed measurements on ``run``'s registry of ``rows`` (``round_`` names its end-to-end run;
+    ``model_rows`` of ``crops`` for the model-only rate)."""
+    began = time.perf_counter()
+    scoring.score(dataclasses.replace(run, run_id=f"{run.run_id}-{round_}"))
+    whole = time.perf_counter() - began
+    naive_process, naive_loop = _naive(run.registry, run.model, rows)
+    model_only, startup = _model_only(crops, model_rows, run, chosen)
+    return {
+        "end_to_end_crops_per_s": rows / whole,
+        "end_to_end_seconds": whole,
+        "pipeline_crops_per_s": _rate(scoring.pipeline(run, "bench", chosen), rows),
+        "model_only_crops_per_s": model_only,
+        "model_only_startup_s": startup,
+        "decode_only_crops_per_s": _rate(_decoded(run.registry, chosen, run), rows),
+        "naive_crops_per_s": naive_process,
+        "naive_loop_crops_per_s": naive_loop,
+    }
 
 
 @dataclass(frozen=True)

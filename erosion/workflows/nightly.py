@@ -61,7 +61,9 @@ def nightly(config: NightlyConfig) -> NightlyResult:
     began = time.monotonic()
     base, options = config.scoring, config.scoring.options
     run_id = base.run_id or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
-    storage.reach(base.registry, base.out, config.ratings, options=options)
+    storage.reach(base.registry, base.out, config.ratings, *filter(None, [config.activity]), options=options)
+    if config.activity:
+        storage.parquet_files(config.activity, options)  # a wrong path fails now, not after the night's scoring
     version = models.resolve(base.model, options).version
     inputs = scoring.check_registry(base.registry, options)
     earlier = runs.committed(base.out, options)
