@@ -268,3 +268,11 @@ def test_a_committed_night_reads_as_the_readme_says_with_pyarrow_pandas_and_duck
     """
     rows = manifest["rows"]["total"]
     assert scores.num_rows == len(frame) == rows and duckdb.sql(sql).fetchall() == [(rows, rows)]
+
+
+def test_a_wrong_activity_path_fails_the_night_before_anything_is_scored(small_registry, tmp_path):
+    settings = scoring.ScoreConfig(f"{small_registry}/registry", "no-model-needed", str(tmp_path / "nights"))
+    config = nightly.NightlyConfig(settings, ratings=f"{small_registry}/ratings", activity=str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="no Parquet table at .*nowhere"):
+        nightly.nightly(config)
+    assert not (tmp_path / "nights").exists()  # nothing begun, nothing to clean up
