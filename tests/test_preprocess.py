@@ -7,9 +7,9 @@ from PIL import Image
 from erosion.registry.preprocess import _open, letterbox, letterbox_batch
 
 
-def _encode(array: np.ndarray, fmt: str) -> bytes:
+def _encode(array: np.ndarray, fmt: str, **options) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, fmt)
+    Image.fromarray(array).save(buffer, fmt, **options)
     return buffer.getvalue()
 
 
@@ -64,9 +64,7 @@ def test_grey_jpegs_decode_to_the_same_pixels_as_pils_decoder():
     rng = np.random.default_rng(7)
     for shape, options in [((167, 187), {}), ((33, 9), {"quality": 30}), ((150, 150), {"progressive": True})]:
         smooth = np.cumsum(rng.integers(0, 9, shape), axis=1) % 256
-        buffer = io.BytesIO()
-        Image.fromarray(smooth.astype(np.uint8)).save(buffer, "JPEG", **options)
-        data = buffer.getvalue()
+        data = _encode(smooth.astype(np.uint8), "JPEG", **options)
         fast = _open(data)
         assert fast.mode == "L" and fast.format is None  # decoded by simplejpeg, not by PIL
         np.testing.assert_array_equal(np.asarray(fast), np.asarray(Image.open(io.BytesIO(data))))
@@ -78,10 +76,8 @@ def test_what_the_fast_path_leaves_to_pil_keeps_pils_decoding_and_errors(monkeyp
     grey = np.tile(np.arange(64, dtype=np.uint8), (64, 1))
     with pytest.raises(ValueError, match="cannot decode image"):
         _open(_encode(grey, "JPEG")[:300])  # truncated
-    buffer = io.BytesIO()
-    Image.fromarray(grey).save(buffer, "MPO", save_all=True, append_images=[Image.fromarray(grey)])
     with pytest.raises(ValueError, match="unsupported format: MPO"):
-        _open(buffer.getvalue())
+        _open(_encode(grey, "MPO", save_all=True, append_images=[Image.fromarray(grey)]))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 // 3)  # PIL refuses over twice its limit
     with pytest.raises(ValueError, match="cannot decode image: .*decompression bomb"):
         _open(_encode(grey, "JPEG"))

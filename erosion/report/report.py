@@ -162,11 +162,9 @@ def relate_activity(config: ReportConfig, run: runs.RunManifest, scores: pd.Data
     rau = storage.read_table(run.path("rau"), ["patient_id", "visit_date", "rau"], config.options).to_pandas()
     if config.split != "all":
         rau = rau[[split_of(p, config.split_seed) == config.split for p in rau["patient_id"]]]
-    seen = set()
-    if "in_sample" in scores.columns and not config.in_sample:
-        seen = set(scores.loc[scores["in_sample"].fillna(False).astype(bool), "patient_id"])
-        seen &= set(rau["patient_id"])
-        rau = rau[~rau["patient_id"].isin(seen)]
+    seen = set() if config.in_sample else set(scores.loc[tables.seen_in_training(scores), "patient_id"])
+    seen &= set(rau["patient_id"])
+    rau = rau[~rau["patient_id"].isin(seen)]
     columns = ["patient_id", "date", *activity.SCORES]
     assessments = storage.read_table(config.activity, columns, config.options).to_pandas()
     return activity.relate(rau, assessments, config.activity_window_days), len(seen)

@@ -41,6 +41,14 @@ def model_rater(model_version: str) -> str:
     return f"model {model_version[:12]}"
 
 
+def seen_in_training(scores: pd.DataFrame) -> pd.Series:
+    """Which score rows the model saw in training (``in_sample`` true); a null flag, or scores without the column
+    (runs from before it), count as unseen."""
+    if "in_sample" not in scores.columns:
+        return pd.Series(False, index=scores.index)
+    return scores["in_sample"].fillna(False).astype(bool)
+
+
 def join_stages(
     scores: pd.DataFrame,
     ratings: pd.DataFrame,
@@ -65,8 +73,8 @@ def join_stages(
     twice = scored["joint_id"].duplicated(keep=False)
     accounting.append(("scores", "left out, joint_id scored more than once", int(twice.sum())))
     scored = scored[~twice]
-    if "in_sample" in scored.columns and not in_sample:
-        seen = scored["in_sample"].fillna(False).astype(bool)
+    if not in_sample:
+        seen = seen_in_training(scored)
         accounting.append(("scores", "left out, in-sample: the model saw the patient in training", int(seen.sum())))
         scored = scored[~seen]
     if split != "all":
