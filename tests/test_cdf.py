@@ -8,6 +8,7 @@ import properscoring
 import pytest
 import torch
 from conftest import SMALL_MODEL
+from torch import nn
 
 from erosion.core import domain
 from erosion.model import cdf
@@ -98,15 +99,36 @@ def test_trained_with_crps_the_head_learns_the_percent_of_a_few_crops():
     assert (after[:, :6].argmax(1) == labels.numpy()).mean() >= 0.75
 
 
-def test_predict_in_cpu_chunks_on_a_channels_last_model_gives_the_plain_forward_pass():
-    """More crops than one CPU chunk (network.CPU_CHUNK_PIXELS): the chunks of a channels-last model, put
-    together, are the softmax of the untouched model's single forward pass over all of them."""
+@pytest.mark.parametrize("head", ["stages", "cdf"])
+def test_predict_in_cpu_chunks_on_a_model_for_inference_gives_the_plain_forward_pass(head):
+    """More crops than one CPU chunk (network.CPU_CHUNK_PIXELS): the chunks of a model made ready for inference
+    (batch norms folded into the layers before them, channels-last), put together, are the untouched model's
+    single forward pass over all of them, with batch norms whose statistics and scales are not the initial ones."""
     torch.manual_seed(0)
-    model = build_model(SMALL_MODEL).eval()
+    model = build_model(dataclasses.replace(SMALL_MODEL, head=head))
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+        for _ in range(3):  # running statistics of a few batches, as training leaves them
+            model(torch.rand(16, 1, 64, 64))
+    model.eval()
     rows = 3 * (CPU_CHUNK_PIXELS // SMALL_MODEL.input_size**2) + 5
     pixels = np.random.default_rng(1).integers(0, 256, (rows, 64, 64), dtype=np.uint8)
     with torch.no_grad():
-        expected = torch.softmax(model(torch.from_numpy(pixels).unsqueeze(1).float() / 255), dim=1).numpy()
-    predicted = predict(for_inference(model), pixels)
+        logits = model(torch.from_numpy(pixels).unsqueeze(1).float() / 255)
+    mass = torch.softmax(logits, dim=1)
+    if head == "cdf":  # the stage probabilities and the expected % of the 101 bins
+        mass = torch.cat([cdf.stage_probabilities(mass), cdf.expected_pct(mass)[:, None]], dim=1)
+    expected = mass.numpy()
+    kept = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    ready = for_inference(model)
+    assert not any(isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) for m in ready.modules())
+    assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in kept.items())  # what checkpoints hold
+    assert set(model.state_dict()) == set(kept)
+    predicted = predict(ready, pixels)
     assert predicted.shape == (rows, 7)
-    np.testing.assert_allclose(predicted[:, :6], expected, atol=1e-5)
+    np.testing.assert_allclose(predicted[:, :6], expected[:, :6], atol=1e-5)
+    if head == "cdf":  # the % eroded, 0-100
+        np.testing.assert_allclose(predicted[:, 6], expected[:, 6], atol=1e-3)

@@ -27,6 +27,7 @@ them; :func:`predict_embedded` returns the embeddings beside the predictions in 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from erosion.core.domain import NUM_STAGES
 from erosion.core.schema import PREDICTION_PROBS, PREDICTION_WIDTH
@@ -195,9 +197,19 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def for_inference(model: nn.Module) -> nn.Module:
-    """The model in eval mode and channels-last memory, the layout whose convolutions are fastest on CPU (about 3x
-    on the reduced CNN, measured) as on a GPU's tensor cores. Its outputs are the same, to float rounding."""
-    return model.eval().to(memory_format=torch.channels_last)
+    """A copy of the model for scoring only (the model itself is left as it is: checkpoints hold its state dict): in
+    eval mode, each batch norm folded into the convolution or linear layer before it (an ``nn.Identity`` left in its
+    place, so that layer positions hold), in channels-last memory, the layout whose convolutions are fastest on CPU
+    (about 3x on the reduced CNN, measured) as on a GPU's tensor cores. Its outputs are the same, to float rounding
+    (tested)."""
+    model = copy.deepcopy(model).eval()
+    for layers in [module for module in model.modules() if isinstance(module, nn.Sequential)]:
+        for i in range(len(layers) - 1):
+            if isinstance(layers[i], nn.Conv2d) and isinstance(layers[i + 1], nn.BatchNorm2d):
+                layers[i], layers[i + 1] = fuse_conv_bn_eval(layers[i], layers[i + 1]), nn.Identity()
+            elif isinstance(layers[i], nn.Linear) and isinstance(layers[i + 1], nn.BatchNorm1d):
+                layers[i], layers[i + 1] = fuse_linear_bn_eval(layers[i], layers[i + 1]), nn.Identity()
+    return model.to(memory_format=torch.channels_last)
 
 
 def predict(model: nn.Module, pixels: np.ndarray, views: torch.Tensor | None = None) -> np.ndarray:

@@ -47,10 +47,14 @@ def crop_statistics(image: Image.Image) -> np.ndarray:
         clipped = np.count_nonzero((values <= 0.0) | (values >= 1.0)) / max(values.size, 1)
         return np.array([image.height, image.width, 16, values.mean(), values.std(), clipped])
     counts = np.array(_to_grey(image).histogram(), dtype=np.float64)  # 8 bits: no float copy of the pixels
-    total, levels = counts.sum(), np.arange(256) / 255.0
-    mean = counts @ levels / total
-    std = np.sqrt(counts @ (levels - mean) ** 2 / total)
+    total = counts.sum()
+    mean, square = _LEVEL_POWERS @ counts / total
+    std = math.sqrt(max(square - mean * mean, 0.0))
     return np.array([image.height, image.width, 8, mean, std, (counts[0] + counts[255]) / total])
+
+
+_LEVEL_POWERS = np.stack([np.arange(256) / 255.0, (np.arange(256) / 255.0) ** 2])
+"""The 8-bit grey levels as shares of 255, and their squares: the histogram's mean and mean square in one product."""
 
 
 def _open(data: bytes) -> Image.Image:

@@ -17,11 +17,15 @@ new joint ids, so that sizes differ by rows and nothing else):
 - end to end: ``scoring.score``, the whole run from start-up to commit (Rau scores and manifest included);
 - pipeline: the same plan (read, decode, model actors) without the write;
 - model only: the same actor pool (``scoring.model_scores``) on as many crops, already decoded and in memory;
-- decode only: the registry read and decoded by the same CPU tasks (``tasks.scoring_crops``), no model;
+- decode only: the registry read and decoded by the same CPU tasks (``tasks.scoring_crops``), no model, on every
+  CPU; and beside the actors: on the CPUs the pipeline leaves them (``pipeline_over_slower_stage`` is the pipeline's
+  rate over the slower of this and the model only: what the plumbing costs, whichever stage bounds it);
 - naive: a fresh Python process (``naive``), a PyTorch DataLoader over the Parquet files, decode and model in
   turn; timed whole (imports and model load included) and its loop alone;
 - peak private memory of the driver (USS) and of the largest Ray worker (USS less object-store pages) during
   an end-to-end run of its own, before the timed ones (reading every worker's page map costs CPU).
+
+Each timed execution starts on a quiet machine (``_quiet``): the one before it has let go of its cores.
 """
 
 from __future__ import annotations
@@ -207,6 +211,8 @@ def score_throughput(config: ScoreBenchConfig) -> dict:
         rates["pipeline_over_model_only"] = rates["pipeline_crops_per_s"] / model_only
         rates["end_to_end_over_model_only"] = rates["end_to_end_crops_per_s"] / model_only
         rates["end_to_end_over_naive"] = rates["end_to_end_crops_per_s"] / rates["naive_crops_per_s"]
+        slower = min(model_only, rates["decode_beside_actors_crops_per_s"])  # the pipeline can go no faster
+        rates["pipeline_over_slower_stage"] = rates["pipeline_crops_per_s"] / slower
     if len(config.sizes) > 1:
         small, large = (figures[str(n)] for n in (config.sizes[0], config.sizes[-1]))
         for key in ("driver_peak_uss_mb", "largest_worker_peak_mb"):
@@ -219,6 +225,7 @@ def _score_rates(
 ) -> dict[str, float]:
     """One round of the timed measurements on ``run``'s registry of ``rows`` (``round_`` names its end-to-end run;
     ``model_rows`` of ``crops`` for the model-only rate)."""
+    _quiet()
     began = time.perf_counter()
     scoring.score(dataclasses.replace(run, run_id=f"{run.run_id}-{round_}"))
     whole = time.perf_counter() - began
@@ -231,6 +238,7 @@ def _score_rates(
         "model_only_crops_per_s": model_only,
         "model_only_startup_s": startup,
         "decode_only_crops_per_s": _rate(_decoded(run.registry, chosen, run), rows),
+        "decode_beside_actors_crops_per_s": _decode_beside_actors(run, chosen, rows),
         "naive_crops_per_s": naive_process,
         "naive_loop_crops_per_s": naive_loop,
     }
@@ -311,10 +319,24 @@ def _decoded(registry: str, chosen: models.Models, run: scoring.ScoreConfig) -> 
     return tasks.scoring_crops(rows, chosen.input_size, chosen.coverage(), cpus=run.decode_cpus)
 
 
+def _decode_beside_actors(run: scoring.ScoreConfig, chosen: models.Models, rows: int) -> float:
+    """``_decoded``'s rate on only the CPUs the pipeline leaves its decode tasks (the cluster's less the model
+    actors'): the decode's part of the pipeline."""
+    context = ray.data.DataContext.get_current()
+    limits = context.execution_options.resource_limits
+    left = ray.cluster_resources()["CPU"] - run.actors * run.cpus_per_actor
+    context.execution_options.resource_limits = limits.copy(cpu=left)
+    try:
+        return _rate(_decoded(run.registry, chosen, run), rows)
+    finally:
+        context.execution_options.resource_limits = limits
+
+
 def _model_only(crops: pa.Table, rows: int, run: scoring.ScoreConfig, chosen: models.Models) -> tuple[float, float]:
     """The actor pool alone on decoded crops already in the object store: (crops/s, seconds to first batch)."""
     table = pa.concat_tables([crops] * -(-rows // crops.num_rows)).slice(0, rows)
     blocks = ray.data.from_arrow([table.slice(i, 2_000) for i in range(0, rows, 2_000)]).materialize()
+    _quiet()
     began, first, count = time.perf_counter(), 0.0, 0
     scored = scoring.model_scores(blocks, run, "bench", chosen)
     for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -327,6 +349,7 @@ def _model_only(crops: pa.Table, rows: int, run: scoring.ScoreConfig, chosen: mo
 
 def _rate(dataset: ray.data.Dataset, rows: int) -> float:
     """Rows per second of a whole execution, consumed batch by batch and dropped."""
+    _quiet()
     began = time.perf_counter()
     count = sum(b.num_rows for b in dataset.iter_batches(batch_format="pyarrow", batch_size=None))
     if count != rows:
@@ -338,9 +361,25 @@ def _naive(registry: str, model_url: str, rows: int) -> tuple[float, float]:
     """The naive loop (``naive.score``) as a user runs a script: a fresh Python process, its imports and model
     load timed with it: (crops/s of the whole process, crops/s of its loop alone)."""
     command = [sys.executable, "-m", "erosion.workflows.naive", registry, model_url, str(rows)]
+    _quiet()
     began = time.perf_counter()
     printed = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return rows / (time.perf_counter() - began), float(printed.split()[-1])
+
+
+QUIET_CORES = 0.25
+"""A timed execution starts once fewer cores than this are busy: the machine as quiet as an idle local Ray leaves
+it (0-4 % of 2 cores here, measured)."""
+
+
+def _quiet(timeout: float = 10.0) -> None:
+    """Wait until fewer than ``QUIET_CORES`` cores are busy over 0.2 s, or ``timeout`` seconds have passed: the
+    model actor of an execution keeps one core busy for about a second after the execution ends (measured here:
+    the actor's process exiting), which would otherwise count against whichever measurement comes next."""
+    began = time.perf_counter()
+    while time.perf_counter() - began < timeout:
+        if psutil.cpu_percent(interval=0.2) / 100 * psutil.cpu_count() < QUIET_CORES:
+            return
 
 
 class _PeakMemory:
