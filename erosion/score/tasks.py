@@ -25,10 +25,10 @@ def scoring_crops(
     """Scoring's decode step in CPU tasks of ``cpus`` each (``decoding.decode_batch``; no torch in these workers):
     keys, ``pixels``, ``error``, ``fingerprint`` and ``carried`` (an earlier run's scores, from ``carry``'s
     lookup); ``coverage``: what the run's models may score (``models.Models.coverage``). A whole block of ``rows``
-    (``datasets.BLOCK_BYTES``) per call: with no batch size, Ray Data fuses the decode into the read tasks, one
-    task per row group and no task hand-over (each a pause of 0.15-0.25 s on 2 cores) between read and decode. A
-    call holds the block's decoded pixels: about 2,000 crops of today's 8 kB, 2,000 * size^2 bytes (45 MB at 150
-    px); smaller encoded crops make more rows a block."""
+    (``datasets.BLOCK_BYTES``) per call: with no batch size, Ray Data fuses the decode into the read tasks
+    (``datasets.read``'s runs of row groups), no task hand-over (each a pause of 0.15-0.25 s on 2 cores) between read
+    and decode. A call holds the block's decoded pixels: about 2,000 crops of today's 8 kB, 2,000 * size^2 bytes
+    (45 MB at 150 px); smaller encoded crops make more rows a block."""
     return rows.map_batches(
         _scoring_decode,
         fn_kwargs={"size": input_size, "coverage": coverage, "crash_once": crash_once, "carry": carry},
