@@ -373,9 +373,10 @@ it (0-4 % of 2 cores here, measured)."""
 
 
 def _quiet(timeout: float = 10.0) -> None:
-    """Wait until fewer than ``QUIET_CORES`` cores are busy over 0.2 s, or ``timeout`` seconds have passed: the
-    model actor of an execution keeps one core busy for about a second after the execution ends (measured here:
-    the actor's process exiting), which would otherwise count against whichever measurement comes next."""
+    """Wait until fewer than ``QUIET_CORES`` cores are busy over 0.2 s, or ``timeout`` seconds have passed: one core
+    stays busy for about a second after an execution with a model actor ends (measured here; no process still alive
+    used it, so most likely the actor's process exiting), which would otherwise count against whichever measurement
+    comes next."""
     began = time.perf_counter()
     while time.perf_counter() - began < timeout:
         if psutil.cpu_percent(interval=0.2) / 100 * psutil.cpu_count() < QUIET_CORES:
