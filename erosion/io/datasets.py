@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -46,10 +47,14 @@ def read(
     its row groups' ``columns``, ``block_bytes`` at a time, and blocks are of about ``block_bytes``, here and in the
     steps after it. Each read task reserves ``cpus``."""
     fs, _ = storage.filesystem(url, options)
-    groups = {file: _row_groups(meta) for file, meta in storage.footers(url, options, files).items()}
-    tasks = sum(len(runs(g, task_bytes)) for g in groups.values())
-    source = RowGroups(fs, groups, columns, block_bytes, task_bytes)
-    rows = ray.data.read_datasource(source, num_cpus=cpus, override_num_blocks=max(tasks, 1))
+    parts = []
+    for file, meta in storage.footers(url, options, files).items():
+        groups = _row_groups(meta)
+        for indices in runs(groups, task_bytes):
+            count, size = sum(groups[i][0] for i in indices), sum(groups[i][1] for i in indices)
+            parts.append(Part(file, indices, count, size))
+    source = RowGroups(fs, parts, columns, block_bytes)
+    rows = ray.data.read_datasource(source, num_cpus=cpus, override_num_blocks=max(len(parts), 1))
     rows.context.target_max_block_size = block_bytes  # this plan's context (and its steps'), not the process's
     return rows
 
@@ -69,29 +74,35 @@ def runs(groups: list[tuple[int, int]], task_bytes: int) -> list[list[int]]:
     return planned
 
 
-class RowGroups(Datasource):
-    """Parquet files' row groups in runs (``runs``), one read task each: ``groups`` maps a file to its row groups'
-    (rows, bytes)."""
+@dataclass(frozen=True)
+class Part:
+    """What one read task reads: a run of consecutive row groups of one file (``runs``), their rows and bytes."""
 
-    def __init__(
-        self, fs, groups: dict[str, list[tuple[int, int]]], columns: list[str], block_bytes: int, task_bytes: int
-    ) -> None:
+    file: str
+    indices: list[int]
+    rows: int
+    bytes: int
+
+
+class RowGroups(Datasource):
+    """Parquet files' row groups in ``parts``, one read task each."""
+
+    def __init__(self, fs, parts: list[Part], columns: list[str], block_bytes: int) -> None:
         super().__init__()
-        self.fs, self.groups, self.columns = fs, groups, columns
-        self.block_bytes, self.task_bytes = block_bytes, task_bytes
+        self.fs, self.parts, self.columns, self.block_bytes = fs, parts, columns, block_bytes
 
     def estimate_inmemory_data_size(self) -> int:
-        return sum(size for groups in self.groups.values() for _, size in groups)
+        return sum(part.bytes for part in self.parts)
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list:
         tasks = []
-        for file, groups in self.groups.items():
-            for indices in runs(groups, self.task_bytes):
-                rows, size = (sum(groups[i][k] for i in indices) for k in (0, 1))
-                batch = max(1, self.block_bytes * rows // max(size, 1))
-                read = functools.partial(_read_row_groups, self.fs, file, indices, self.columns, batch)
-                metadata = BlockMetadata(num_rows=rows, size_bytes=size, input_files=[file], exec_stats=None)
-                tasks.append(ReadTask(read, metadata, per_task_row_limit=per_task_row_limit))
+        for part in self.parts:
+            batch = max(1, self.block_bytes * part.rows // max(part.bytes, 1))
+            read = functools.partial(_read_row_groups, self.fs, part.file, part.indices, self.columns, batch)
+            metadata = BlockMetadata(
+                num_rows=part.rows, size_bytes=part.bytes, input_files=[part.file], exec_stats=None
+            )
+            tasks.append(ReadTask(read, metadata, per_task_row_limit=per_task_row_limit))
         return tasks
 
     def get_name(self) -> str:
